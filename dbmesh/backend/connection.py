@@ -1,0 +1,299 @@
+"""The sidecar's own client for backend MySQL/MariaDB servers.
+
+It speaks just enough protocol to log in, replay session state, and relay a command's
+response to a client as raw bytes (the hot path), or collect it for the sidecar's own use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..protocol.auth import CACHING_SHA2_PLUGIN, NATIVE_PLUGIN, caching_sha2_response, native_response
+from ..protocol.constants import (
+    COLLATION_UTF8MB4_GENERAL_CI,
+    EOF_HEADER,
+    ERR_HEADER,
+    MAX_PACKET,
+    Capability,
+    Command,
+    ServerStatus,
+)
+from ..protocol.packets import (
+    ConnectionClosed,
+    ErrInfo,
+    Field,
+    MalformedPacket,
+    PacketReader,
+    frame,
+    lenenc_str,
+    parse_column_definition,
+    parse_err,
+    parse_ok,
+    parse_text_row,
+    read_lenenc_int,
+    read_nul_str,
+)
+from ..protocol.scanner import ResponseKind, ResponseScanner
+
+log = logging.getLogger("dbmesh.backend")
+
+_READ_CHUNK = 256 * 1024
+
+# Always asked of a backend, whatever the client negotiated.
+BASE_CAPABILITIES = (
+    Capability.LONG_PASSWORD | Capability.PROTOCOL_41 | Capability.SECURE_CONNECTION
+    | Capability.PLUGIN_AUTH | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA | Capability.TRANSACTIONS
+    | Capability.MULTI_RESULTS | Capability.PS_MULTI_RESULTS
+)
+
+
+class BackendError(Exception):
+    """The backend answered a command with an ERR packet."""
+
+    def __init__(self, err: ErrInfo):
+        super().__init__(f"({err.code}) {err.message}")
+        self.err = err
+
+
+@dataclass(slots=True)
+class BackendStatement:
+    """A statement prepared on one backend connection."""
+    stmt_id: int
+    num_params: int
+    num_columns: int
+
+
+@dataclass(slots=True)
+class QueryResult:
+    fields: list[Field]
+    rows: list[list[bytes | None]]
+    affected_rows: int = 0
+    last_insert_id: int = 0
+    status: int = 0
+
+
+def split_payloads(raw: bytes) -> list[bytes]:
+    """Cut raw wire bytes into payloads, joining packets split at 16 MiB."""
+    payloads: list[bytes] = []
+    pos = 0
+    pending: list[bytes] = []
+    while pos < len(raw):
+        length = raw[pos] | raw[pos + 1] << 8 | raw[pos + 2] << 16
+        pending.append(raw[pos + 4:pos + 4 + length])
+        pos += 4 + length
+        if length < MAX_PACKET:
+            payloads.append(b"".join(pending))
+            pending = []
+    return payloads
+
+
+class BackendConnection:
+    """One connection to a backend server, owned by a pool or held by a session."""
+
+    def __init__(self, data_source: str, host: str, port: int, capabilities: int):
+        self.data_source = data_source
+        self.host = host
+        self.port = port
+        self.capabilities = capabilities | BASE_CAPABILITIES
+        self.pool_key = 0
+        self.deprecate_eof = bool(capabilities & Capability.DEPRECATE_EOF)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.thread_id = 0
+        self.server_version = ""
+        self.broken = False
+        self.last_used = time.monotonic()
+        # Session state as applied on this connection (compared with the session's on borrow).
+        self.database: str | None = None
+        self.autocommit = True
+        self.in_transaction = False
+        self.session_vars: tuple[str, ...] = ()
+        self.prepared: OrderedDict[tuple[str | None, bytes], BackendStatement] = OrderedDict()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # -- connecting ----------------------------------------------------------------------
+
+    async def connect(self, user: str, password: str, database: str | None, timeout: float) -> None:
+        self.reader, self.writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), timeout)
+        try:
+            await asyncio.wait_for(self._handshake(user, password, database), timeout)
+        except BaseException:
+            self.close()
+            raise
+        self.database = database
+
+    async def _handshake(self, user: str, password: str, database: str | None) -> None:
+        packets = PacketReader(self.reader)
+        greeting = await packets.read()
+        if greeting[:1] == bytes((ERR_HEADER,)):
+            raise BackendError(parse_err(greeting))
+        version, pos = read_nul_str(greeting, 1)
+        self.server_version = version.decode("utf-8", "replace")
+        self.thread_id = struct.unpack_from("<I", greeting, pos)[0]
+        scramble = greeting[pos + 4:pos + 12]
+        pos += 13
+        server_caps = struct.unpack_from("<H", greeting, pos)[0]
+        server_caps |= struct.unpack_from("<H", greeting, pos + 5)[0] << 16
+        auth_len = greeting[pos + 7]
+        pos += 18
+        scramble += greeting[pos:pos + max(13, auth_len - 8) - 1]
+        pos += max(13, auth_len - 8)
+        plugin = NATIVE_PLUGIN
+        if server_caps & Capability.PLUGIN_AUTH and pos < len(greeting):
+            plugin = read_nul_str(greeting, pos)[0].decode() if b"\x00" in greeting[pos:] else \
+                greeting[pos:].decode()
+        caps = self.capabilities & server_caps
+        if database:
+            caps |= Capability.CONNECT_WITH_DB
+        self.capabilities = caps
+        auth = self._scramble(plugin, password, scramble)
+        response = (struct.pack("<IIB", caps, MAX_PACKET, COLLATION_UTF8MB4_GENERAL_CI) + bytes(23)
+                    + user.encode() + b"\x00" + lenenc_str(auth)
+                    + ((database.encode() + b"\x00") if database else b"")
+                    + plugin.encode() + b"\x00")
+        seq = packets.seq + 1
+        while True:
+            data, _ = frame(response, seq)
+            self.writer.write(data)
+            reply = await packets.read()
+            seq = packets.seq + 1
+            first = reply[0]
+            if first == 0x00:
+                status = parse_ok(reply).status
+                self.autocommit = bool(status & ServerStatus.AUTOCOMMIT)
+                return
+            if first == ERR_HEADER:
+                raise BackendError(parse_err(reply))
+            if first == EOF_HEADER:  # auth switch request
+                name, p = read_nul_str(reply, 1)
+                plugin = name.decode()
+                scramble = reply[p:].rstrip(b"\x00")
+                response = self._scramble(plugin, password, scramble)
+            elif first == 0x01 and reply[1:2] == b"\x03":  # caching_sha2 fast auth passed
+                continue
+            else:
+                raise BackendError(ErrInfo(2059, "HY000",
+                                           f"authentication plugin step {reply[:2]!r} of {plugin} "
+                                           "is not supported by the sidecar; use mysql_native_password"))
+
+    @staticmethod
+    def _scramble(plugin: str, password: str, scramble: bytes) -> bytes:
+        if plugin == NATIVE_PLUGIN:
+            return native_response(password, scramble)
+        if plugin == CACHING_SHA2_PLUGIN:
+            return caching_sha2_response(password, scramble)
+        raise BackendError(ErrInfo(2059, "HY000", f"authentication plugin {plugin!r} is not supported"))
+
+    # -- commands --------------------------------------------------------------------------
+
+    def send(self, payload: bytes | memoryview, seq: int = 0) -> None:
+        data, _ = frame(payload, seq)
+        self.writer.write(data)
+
+    async def relay(self, payload: bytes | memoryview, kind: ResponseKind,
+                    sink: asyncio.StreamWriter | None) -> ResponseScanner:
+        """Send a command and copy its whole response to ``sink`` as it arrives."""
+        self.last_used = time.monotonic()
+        scanner = ResponseScanner(kind, self.deprecate_eof)
+        try:
+            self.send(payload)
+            read = self.reader.read
+            while not scanner.done:
+                data = await read(_READ_CHUNK)
+                if not data:
+                    raise ConnectionClosed("backend closed the connection")
+                used = scanner.feed(data)
+                if sink is not None:
+                    sink.write(data if used == len(data) else data[:used])
+                    if sink.transport.get_write_buffer_size() > 1 << 20:
+                        await sink.drain()
+        except (ConnectionError, OSError, MalformedPacket):
+            self.broken = True
+            raise
+        except BaseException:
+            # Cancelled mid-response: the stream position is unknown, never reuse it.
+            self.broken = True
+            raise
+        self._track(scanner.status)
+        return scanner
+
+    async def collect(self, payload: bytes | memoryview, kind: ResponseKind) -> tuple[list[bytes], ResponseScanner]:
+        """Send a command and return its whole response as payloads."""
+        self.last_used = time.monotonic()
+        scanner = ResponseScanner(kind, self.deprecate_eof)
+        chunks: list[bytes] = []
+        try:
+            self.send(payload)
+            while not scanner.done:
+                data = await self.reader.read(_READ_CHUNK)
+                if not data:
+                    raise ConnectionClosed("backend closed the connection")
+                used = scanner.feed(data)
+                chunks.append(data if used == len(data) else data[:used])
+        except BaseException:
+            self.broken = True
+            raise
+        self._track(scanner.status)
+        return split_payloads(b"".join(chunks)), scanner
+
+    def _track(self, status: int) -> None:
+        if status:
+            self.in_transaction = bool(status & ServerStatus.IN_TRANS)
+            self.autocommit = bool(status & ServerStatus.AUTOCOMMIT)
+
+    async def query(self, sql: str) -> QueryResult:
+        """Run one statement for the sidecar's own use; raise BackendError on error."""
+        payloads, scanner = await self.collect(bytes((Command.QUERY,)) + sql.encode("utf-8"),
+                                               ResponseKind.RESULT)
+        if scanner.error:
+            raise BackendError(scanner.error)
+        result = QueryResult([], [], scanner.affected_rows, scanner.last_insert_id, scanner.status)
+        if payloads[0][0] == 0x00:
+            return result
+        count, _ = read_lenenc_int(payloads[0], 0)
+        result.fields = [parse_column_definition(p) for p in payloads[1:1 + count]]
+        rows_start = 1 + count + (0 if self.deprecate_eof else 1)
+        for p in payloads[rows_start:-1]:
+            result.rows.append(parse_text_row(p, count))
+        return result
+
+    async def simple(self, command: Command, argument: bytes = b"") -> None:
+        """A command answered by a single OK/ERR packet (INIT_DB, PING, RESET_CONNECTION)."""
+        _, scanner = await self.collect(bytes((command,)) + argument, ResponseKind.SINGLE)
+        if scanner.error:
+            raise BackendError(scanner.error)
+
+    async def init_db(self, database: str) -> None:
+        await self.simple(Command.INIT_DB, database.encode("utf-8"))
+        self.database = database
+
+    async def reset(self) -> None:
+        """COM_RESET_CONNECTION: roll back, drop temporary tables, user variables, prepared
+        statements, and return session variables to their defaults."""
+        await self.simple(Command.RESET_CONNECTION)
+        self.session_vars = ()
+        self.prepared.clear()
+        self.in_transaction = False
+        self.autocommit = True
+
+    def close_statement(self, stmt_id: int) -> None:
+        self.send(bytes((Command.STMT_CLOSE,)) + struct.pack("<I", stmt_id))
+
+    def close(self) -> None:
+        self.broken = True
+        if self.writer is not None:
+            try:
+                self.writer.write(b"\x01\x00\x00\x00\x01")  # COM_QUIT
+                self.writer.close()
+            except (ConnectionError, OSError, RuntimeError):
+                pass
+            self.writer = None

@@ -1,0 +1,176 @@
+"""Pooled backend connections per data source endpoint.
+
+Connections are keyed by the result-shaping capabilities the client negotiated (so raw
+relay stays byte-compatible); all keys share one size limit per endpoint. A connection idle
+longer than ``check_after_idle_s`` is pinged before it is handed out, and idle ones are closed
+after ``idle_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from ..config import PoolConfig
+from ..errors import ER_CON_COUNT_ERROR, ProxyError, backend_unavailable
+from ..protocol.constants import RESULT_SHAPING_CAPABILITIES, Command
+from .connection import BackendConnection, BackendError
+
+log = logging.getLogger("dbmesh.pool")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to log in: one server (primary or replica) of a data source."""
+    data_source: str
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Pool:
+    def __init__(self, endpoint: Endpoint, config: PoolConfig):
+        self.endpoint = endpoint
+        self.config = config
+        self._idle: dict[int, list[BackendConnection]] = {}
+        self._size = 0            # open connections, idle or lent
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+        self.created = 0          # figures for metrics and tests
+        self.discarded = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    @property
+    def lent(self) -> int:
+        return self._size - self.idle_count
+
+    async def acquire(self, caps_key: int, prefer: BackendConnection | None = None) -> BackendConnection:
+        deadline = time.monotonic() + self.config.acquire_timeout_s
+        while True:
+            conn = self._take_idle(caps_key, prefer)
+            if conn is not None:
+                if time.monotonic() - conn.last_used > self.config.check_after_idle_s:
+                    if not await self._alive(conn):
+                        self._discard(conn)
+                        continue
+                return conn
+            if self._size < self.config.max_size or self._close_idle_of_other_key(caps_key):
+                return await self._open(caps_key)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed:
+                raise ProxyError(ER_CON_COUNT_ERROR, "08004",
+                                 f"Too many connections: all {self.config.max_size} connections to data "
+                                 f"source '{self.endpoint.data_source}' ({self.endpoint.address}) are busy; "
+                                 "raise its pool.max_size or reduce concurrency")
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def release(self, conn: BackendConnection) -> None:
+        """Give a connection back; a broken one, or one still inside a transaction, is closed."""
+        if conn.broken or conn.in_transaction or self._closed:
+            self._discard(conn)
+            return
+        conn.last_used = time.monotonic()
+        self._idle.setdefault(conn.pool_key, []).append(conn)
+        self._wake()
+
+    def _discard(self, conn: BackendConnection) -> None:
+        conn.close()
+        self._size -= 1
+        self.discarded += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _take_idle(self, caps_key: int, prefer: BackendConnection | None) -> BackendConnection | None:
+        idle = self._idle.get(caps_key & RESULT_SHAPING_CAPABILITIES)
+        if not idle:
+            return None
+        if prefer is not None and prefer in idle:
+            idle.remove(prefer)
+            return prefer
+        return idle.pop()  # most recently used: warm, and lets the others age out
+
+    def _close_idle_of_other_key(self, caps_key: int) -> bool:
+        for key, idle in self._idle.items():
+            if key != caps_key & RESULT_SHAPING_CAPABILITIES and idle:
+                self._discard(idle.pop(0))
+                return True
+        return False
+
+    async def _open(self, caps_key: int) -> BackendConnection:
+        self._size += 1
+        ep = self.endpoint
+        conn = BackendConnection(ep.data_source, ep.host, ep.port, caps_key)
+        conn.pool_key = caps_key & RESULT_SHAPING_CAPABILITIES
+        try:
+            await conn.connect(ep.user, ep.password, ep.database, self.config.connect_timeout_s)
+        except BackendError as exc:
+            self._size -= 1
+            self._wake()
+            raise backend_unavailable(ep.data_source, ep.address, exc.err.message) from exc
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            self._size -= 1
+            self._wake()
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise backend_unavailable(ep.data_source, ep.address, reason) from exc
+        except BaseException:
+            self._size -= 1
+            self._wake()
+            raise
+        self.created += 1
+        return conn
+
+    @staticmethod
+    async def _alive(conn: BackendConnection) -> bool:
+        try:
+            await asyncio.wait_for(conn.simple(Command.PING), 2.0)
+            return True
+        except (BackendError, OSError, ConnectionError, TimeoutError):
+            return False
+
+    def close_idle_older_than(self, seconds: float) -> None:
+        now = time.monotonic()
+        for idle in self._idle.values():
+            for conn in [c for c in idle if now - c.last_used > seconds]:
+                idle.remove(conn)
+                self._discard(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+                self._size -= 1
+            idle.clear()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)

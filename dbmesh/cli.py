@@ -1,0 +1,127 @@
+"""The `dbmesh` command: serve, and manage the local sandbox cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+DEFAULT_SANDBOX_DIR = ".sandbox"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _install_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(config_path: str) -> None:
+    from .frontend.server import Server
+
+    server = Server(load_config(config_path))
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    serving = asyncio.create_task(server.serve_forever())
+    await stop.wait()
+    serving.cancel()
+    await server.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    _install_loop_policy()
+    try:
+        asyncio.run(_serve(args.config))
+    except ConfigError as exc:
+        print(f"dbmesh: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"dbmesh: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: OK ({len(config.data_sources)} data sources, "
+          f"{len(config.databases)} logical databases, {len(config.users)} users)")
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    from . import sandbox
+
+    workdir = Path(args.dir)
+    if args.action == "up":
+        sandbox.ensure_mariadb_installed()
+        box = sandbox.Sandbox(workdir)
+        info = box.up(shards=args.shards, replicas_per_shard=args.replicas)
+        config_path = Path(args.config) if args.config else workdir / "dbmesh.yaml"
+        sandbox.write_config(info, config_path, listen_port=args.port)
+        print(f"sandbox up in {workdir}; proxy config written to {config_path}")
+        print(f"start the proxy:  dbmesh run -c {config_path}")
+        return 0
+    if args.action == "down":
+        if not (workdir / "sandbox.json").exists():
+            print(f"no sandbox in {workdir}")
+            return 0
+        sandbox.Sandbox.load(workdir).down(purge=args.purge)
+        print("sandbox stopped")
+        return 0
+    if not (workdir / "sandbox.json").exists():
+        print(f"no sandbox in {workdir}")
+        return 1
+    print(json.dumps(sandbox.Sandbox.load(workdir).status(), indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dbmesh", description="database mesh sidecar for MySQL/MariaDB")
+    parser.add_argument("--log-level", default="info")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve the MySQL protocol with a config file")
+    run.add_argument("-c", "--config", required=True)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config file")
+    check.add_argument("-c", "--config", required=True)
+    check.set_defaults(func=cmd_check)
+
+    box = sub.add_parser("sandbox", help="local MariaDB cluster for development and tests")
+    box.add_argument("action", choices=["up", "down", "status"])
+    box.add_argument("--dir", default=DEFAULT_SANDBOX_DIR, help="working folder (default .sandbox)")
+    box.add_argument("--shards", type=int, default=2)
+    box.add_argument("--replicas", type=int, default=1, help="replicas per shard primary")
+    box.add_argument("--port", type=int, default=3307, help="proxy listen port written to the config")
+    box.add_argument("--config", help="where to write the proxy config (default DIR/dbmesh.yaml)")
+    box.add_argument("--purge", action="store_true", help="with down: delete the data folders")
+    box.set_defaults(func=cmd_sandbox)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

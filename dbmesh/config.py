@@ -1,0 +1,315 @@
+"""The sidecar's YAML configuration: load, validate, and hold it as plain dataclasses.
+
+Every validation error names the YAML path of the mistake (e.g. ``data_sources.ds_0.port``)
+so an operator can fix the file without reading code. A config that would misroute data is
+refused at load rather than served.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; ``path`` is the dotted YAML path at fault."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 3307
+    tls: TlsConfig | None = None
+    server_version: str = "10.11.0-MariaDB-dbmesh"
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    name: str
+    password: str
+    databases: tuple[str, ...]  # logical databases this user may use; "*" means all
+
+    def may_use(self, database: str) -> bool:
+        return "*" in self.databases or database in self.databases
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    max_size: int = 64
+    idle_timeout_s: float = 300.0
+    # A connection idle longer than this is pinged before it is handed out.
+    check_after_idle_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    # Wait this long for a free connection before failing the statement.
+    acquire_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    name: str
+    host: str
+    port: int
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class DataSourceConfig:
+    name: str
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    replicas: tuple[ReplicaConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogicalDatabaseConfig:
+    name: str
+    # Pass-through: every statement goes to this data source unchanged.
+    data_source: str | None = None
+    # Raw rule sections for the engines that extend this file (sharding, read/write, shadow);
+    # each engine validates its own section.
+    sharding: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: ListenConfig
+    users: dict[str, UserConfig]
+    data_sources: dict[str, DataSourceConfig]
+    databases: dict[str, LogicalDatabaseConfig]
+    # Where a session that has no database selected sends its statements.
+    default_data_source: str
+    # After a statement that generated an AUTO_INCREMENT id, keep the same backend
+    # connection for this many statements so LAST_INSERT_ID() sees it.
+    auto_increment_delay_multiplex: int = 5
+    source_path: str | None = None
+
+    def data_source_for(self, database: str | None) -> DataSourceConfig:
+        if database is None or database not in self.databases:
+            return self.data_sources[self.default_data_source]
+        ldb = self.databases[database]
+        return self.data_sources[ldb.data_source or self.default_data_source]
+
+
+# ---------------------------------------------------------------------------------------
+# Validation helpers: each takes the YAML path so errors point at the mistake.
+
+
+def _mapping(value: Any, path: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _reject_unknown(section: dict[str, Any], allowed: set[str], path: str) -> None:
+    for key in section:
+        if key not in allowed:
+            raise ConfigError(f"{path}.{key}", f"unknown key; expected one of {sorted(allowed)}")
+
+
+def _str(section: dict[str, Any], key: str, path: str, default: str | None = None) -> str:
+    value = section.get(key, default)
+    if value is None:
+        raise ConfigError(f"{path}.{key}", "is required")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}.{key}", f"expected a string, got {type(value).__name__}")
+    return os.path.expandvars(value)
+
+
+def _int(section: dict[str, Any], key: str, path: str, default: int | None = None,
+         low: int | None = None, high: int | None = None) -> int:
+    value = section.get(key, default)
+    if value is None:
+        raise ConfigError(f"{path}.{key}", "is required")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}.{key}", f"expected an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ConfigError(f"{path}.{key}", f"must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(f"{path}.{key}", f"must be at most {high}, got {value}")
+    return value
+
+
+def _float(section: dict[str, Any], key: str, path: str, default: float) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{path}.{key}", f"expected a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _parse_listen(raw: Any, base_dir: Path) -> ListenConfig:
+    section = _mapping(raw, "listen")
+    _reject_unknown(section, {"host", "port", "tls", "server_version"}, "listen")
+    tls = None
+    if section.get("tls") is not None:
+        tls_section = _mapping(section["tls"], "listen.tls")
+        _reject_unknown(tls_section, {"cert", "key"}, "listen.tls")
+        cert = _resolve(base_dir, _str(tls_section, "cert", "listen.tls"))
+        key = _resolve(base_dir, _str(tls_section, "key", "listen.tls"))
+        for name, file in (("cert", cert), ("key", key)):
+            if not Path(file).is_file():
+                raise ConfigError(f"listen.tls.{name}", f"file {file!r} does not exist")
+        tls = TlsConfig(cert=cert, key=key)
+    return ListenConfig(
+        host=_str(section, "host", "listen", "127.0.0.1"),
+        port=_int(section, "port", "listen", 3307, 0, 65535),
+        tls=tls,
+        server_version=_str(section, "server_version", "listen", ListenConfig.server_version),
+    )
+
+
+def _resolve(base_dir: Path, file: str) -> str:
+    p = Path(file)
+    return str(p if p.is_absolute() else (base_dir / p))
+
+
+def _parse_users(raw: Any) -> dict[str, UserConfig]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("users", "expected a non-empty list of users")
+    users: dict[str, UserConfig] = {}
+    for i, item in enumerate(raw):
+        path = f"users[{i}]"
+        section = _mapping(item, path)
+        _reject_unknown(section, {"name", "password", "databases"}, path)
+        name = _str(section, "name", path)
+        if name in users:
+            raise ConfigError(f"{path}.name", f"user {name!r} is declared twice")
+        dbs = section.get("databases", ["*"])
+        if isinstance(dbs, str):
+            dbs = [dbs]
+        if not isinstance(dbs, list) or not all(isinstance(d, str) for d in dbs):
+            raise ConfigError(f"{path}.databases", "expected a list of logical database names")
+        users[name] = UserConfig(name=name, password=_str(section, "password", path, ""),
+                                 databases=tuple(dbs))
+    return users
+
+
+def _parse_pool(raw: Any, path: str) -> PoolConfig:
+    section = _mapping(raw, path)
+    _reject_unknown(section, {"max_size", "idle_timeout_s", "check_after_idle_s",
+                              "connect_timeout_s", "acquire_timeout_s"}, path)
+    d = PoolConfig()
+    return PoolConfig(
+        max_size=_int(section, "max_size", path, d.max_size, 1, 10000),
+        idle_timeout_s=_float(section, "idle_timeout_s", path, d.idle_timeout_s),
+        check_after_idle_s=_float(section, "check_after_idle_s", path, d.check_after_idle_s),
+        connect_timeout_s=_float(section, "connect_timeout_s", path, d.connect_timeout_s),
+        acquire_timeout_s=_float(section, "acquire_timeout_s", path, d.acquire_timeout_s),
+    )
+
+
+def _parse_data_sources(raw: Any) -> dict[str, DataSourceConfig]:
+    section = _mapping(raw, "data_sources")
+    if not section:
+        raise ConfigError("data_sources", "declare at least one data source")
+    result: dict[str, DataSourceConfig] = {}
+    for name, item in section.items():
+        path = f"data_sources.{name}"
+        ds = _mapping(item, path)
+        _reject_unknown(ds, {"host", "port", "user", "password", "database", "pool", "replicas"}, path)
+        replicas = []
+        for i, rep in enumerate(ds.get("replicas") or []):
+            rpath = f"{path}.replicas[{i}]"
+            rsec = _mapping(rep, rpath)
+            _reject_unknown(rsec, {"name", "host", "port", "weight"}, rpath)
+            replicas.append(ReplicaConfig(
+                name=_str(rsec, "name", rpath, f"{name}_replica_{i}"),
+                host=_str(rsec, "host", rpath, _str(ds, "host", path, "127.0.0.1")),
+                port=_int(rsec, "port", rpath, None, 1, 65535),
+                weight=_int(rsec, "weight", rpath, 1, 0, 1000),
+            ))
+        result[name] = DataSourceConfig(
+            name=name,
+            host=_str(ds, "host", path, "127.0.0.1"),
+            port=_int(ds, "port", path, 3306, 1, 65535),
+            user=_str(ds, "user", path),
+            password=_str(ds, "password", path, ""),
+            database=_str(ds, "database", path),
+            pool=_parse_pool(ds.get("pool"), f"{path}.pool"),
+            replicas=tuple(replicas),
+        )
+    return result
+
+
+def _parse_databases(raw: Any, data_sources: dict[str, DataSourceConfig]) -> dict[str, LogicalDatabaseConfig]:
+    section = _mapping(raw, "databases")
+    if not section:
+        raise ConfigError("databases", "declare at least one logical database")
+    result: dict[str, LogicalDatabaseConfig] = {}
+    for name, item in section.items():
+        path = f"databases.{name}"
+        db = _mapping(item, path)
+        _reject_unknown(db, {"data_source", "sharding"}, path)
+        ds_name = db.get("data_source")
+        if ds_name is not None and ds_name not in data_sources:
+            raise ConfigError(f"{path}.data_source",
+                              f"no data source named {ds_name!r}; declared: {sorted(data_sources)}")
+        sharding = db.get("sharding")
+        if ds_name is None and sharding is None:
+            raise ConfigError(path, "give either data_source (pass-through) or sharding rules")
+        result[name] = LogicalDatabaseConfig(
+            name=name, data_source=ds_name,
+            sharding=_mapping(sharding, f"{path}.sharding") if sharding is not None else None)
+    return result
+
+
+def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None = None) -> Config:
+    base_dir = base_dir or Path.cwd()
+    top = _mapping(raw, "")
+    _reject_unknown(top, {"listen", "users", "data_sources", "databases", "default_data_source",
+                          "auto_increment_delay_multiplex"}, "(top level)")
+    data_sources = _parse_data_sources(top.get("data_sources"))
+    databases = _parse_databases(top.get("databases"), data_sources)
+    users = _parse_users(top.get("users"))
+    for user in users.values():
+        for db in user.databases:
+            if db != "*" and db not in databases:
+                idx = list(users).index(user.name)
+                raise ConfigError(f"users[{idx}].databases",
+                                  f"no logical database named {db!r}; declared: {sorted(databases)}")
+    default_ds = top.get("default_data_source") or next(iter(data_sources))
+    if default_ds not in data_sources:
+        raise ConfigError("default_data_source", f"no data source named {default_ds!r}")
+    return Config(
+        listen=_parse_listen(top.get("listen"), base_dir),
+        users=users,
+        data_sources=data_sources,
+        databases=databases,
+        default_data_source=default_ds,
+        auto_increment_delay_multiplex=_int(top, "auto_increment_delay_multiplex", "(top level)", 5, 0, 1000),
+        source_path=source_path,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {str(file)!r}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{file.name} is not valid YAML: {exc}") from exc
+    return parse_config(raw, base_dir=file.parent, source_path=str(file))

@@ -1,0 +1,98 @@
+"""The listener: accepts client connections and runs a Session for each."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+
+from ..backend.connection import BackendConnection, BackendError
+from ..backend.pool import Endpoint, Pool
+from ..config import Config
+from ..protocol.constants import SERVER_CAPABILITIES, Capability
+from .session import Session
+
+log = logging.getLogger("dbmesh.server")
+
+_IDLE_SWEEP_S = 10.0
+
+
+def pools_for(config: Config) -> dict[str, Pool]:
+    """One pool per data source, towards its primary."""
+    return {
+        name: Pool(Endpoint(name, ds.host, ds.port, ds.user, ds.password, ds.database), ds.pool)
+        for name, ds in config.data_sources.items()
+    }
+
+
+class Server:
+    def __init__(self, config: Config):
+        self.config = config
+        self.pools = pools_for(config)
+        self.sessions: set[Session] = set()
+        self._ids = itertools.count(1)
+        self.ssl_context: ssl.SSLContext | None = None
+        self.capabilities = int(SERVER_CAPABILITIES)
+        if config.listen.tls is not None:
+            self.ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.ssl_context.load_cert_chain(config.listen.tls.cert, config.listen.tls.key)
+            self.capabilities |= Capability.SSL
+        self.server_version = config.listen.server_version
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        await self._learn_server_version()
+        listen = self.config.listen
+        self._server = await asyncio.start_server(self._accept, listen.host, listen.port,
+                                                  reuse_address=True, backlog=1024)
+        self._sweeper = asyncio.create_task(self._sweep_idle())
+        log.info("listening on %s:%d as %s", listen.host, self.port, self.server_version)
+
+    async def _learn_server_version(self) -> None:
+        """Announce the default backend's version, so drivers enable the right features."""
+        ds = self.config.data_sources[self.config.default_data_source]
+        conn = BackendConnection(ds.name, ds.host, ds.port, 0)
+        try:
+            await conn.connect(ds.user, ds.password, None, ds.pool.connect_timeout_s)
+            self.server_version = f"{conn.server_version}-dbmesh"
+        except (OSError, TimeoutError, ConnectionError, BackendError) as exc:
+            log.warning("default data source %s unreachable at start (%s); announcing version %s",
+                        ds.name, exc, self.server_version)
+        finally:
+            conn.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = Session(self, reader, writer, next(self._ids))
+        self.sessions.add(session)
+        await session.run()
+
+    def session_closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(_IDLE_SWEEP_S)
+            for pool in self.pools.values():
+                pool.close_idle_older_than(pool.config.idle_timeout_s)
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            session.writer.close()
+        for pool in self.pools.values():
+            pool.close()

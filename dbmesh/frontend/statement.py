@@ -1,0 +1,188 @@
+"""Cheap classification of statement text: what the sidecar itself must do with it.
+
+This runs for every COM_QUERY, so it looks only at the first keyword and a few byte
+patterns; no SQL parse. It answers: is this a statement the sidecar answers itself (USE,
+SHOW DATABASES), does it change session state that must be replayed on other backend
+connections (SET ...), or does it tie the session to its backend connection for good
+(user variables, temporary tables, locks, cursors of text-protocol PREPARE).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum, auto
+
+
+class Kind(Enum):
+    PASS = auto()             # relay to the backend as is
+    USE = auto()              # change the logical database
+    SHOW_DATABASES = auto()   # list the logical databases the user may use
+    SELECT_DATABASE = auto()  # SELECT DATABASE(): the logical name, not the physical one
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    kind: Kind
+    # USE: the database named
+    database: str | None = None
+    # a SET whose effect must be replayed on any backend connection the session borrows:
+    # (key identifying what it sets, the statement text)
+    session_set: tuple[str, str] | None = None
+    # why the session must keep its backend connection from now on (None: it need not)
+    pin_reason: str | None = None
+
+
+PASS = Statement(Kind.PASS)
+
+_LEADING = re.compile(rb"(?:\s+|/\*(?!!).*?\*/|(?:--\s|#)[^\n]*(?:\n|$))*", re.S)
+_WORD = re.compile(rb"[A-Za-z_]+")
+_USER_VARIABLE = re.compile(rb"(?<![@\w])@(?!@)")
+_PINNING_PATTERNS = (
+    (re.compile(rb"\bCREATE\s+(?:OR\s+REPLACE\s+)?TEMPORARY\s", re.I), "temporary table"),
+    (re.compile(rb"\bLOCK\s+TABLES?\b", re.I), "LOCK TABLES"),
+    (re.compile(rb"\b(?:GET_LOCK|RELEASE_LOCK|IS_USED_LOCK)\s*\(", re.I), "named lock"),
+    (re.compile(rb"\bSQL_CALC_FOUND_ROWS\b", re.I), "SQL_CALC_FOUND_ROWS"),
+    (re.compile(rb"^\s*(?:PREPARE|EXECUTE|DEALLOCATE)\s", re.I), "SQL-level prepared statement"),
+    (re.compile(rb"^\s*HANDLER\s", re.I), "HANDLER"),
+)
+_USE = re.compile(rb"USE\s+(`(?:[^`]|``)+`|[^\s;`]+)\s*;?\s*$", re.I | re.S)
+_SHOW_DATABASES = re.compile(rb"SHOW\s+(?:DATABASES|SCHEMAS)\s*;?\s*$", re.I)
+_SELECT_DATABASE = re.compile(rb"SELECT\s+(?:DATABASE|SCHEMA)\s*\(\s*\)\s*;?\s*$", re.I)
+_SET_SIMPLE = re.compile(
+    rb"SET\s+(?:(?:SESSION|LOCAL)\s+|@@(?:SESSION\.|LOCAL\.)?)?`?([A-Za-z_][\w]*)`?\s*(?::=|=)\s*"
+    rb"(?:'[^']*'|\"[^\"]*\"|[^,;'\"]+)\s*;?\s*$", re.I | re.S)
+_SET_NAMES = re.compile(rb"SET\s+(?:NAMES|CHARACTER\s+SET|CHARSET)\b", re.I)
+_SET_TRANSACTION = re.compile(rb"SET\s+(?:(SESSION|GLOBAL)\s+)?TRANSACTION\b", re.I)
+_SET_GLOBAL = re.compile(rb"SET\s+(?:GLOBAL\s|@@GLOBAL\.)", re.I)
+# Settings the sidecar tracks from the server's status flags instead of replaying text.
+_TRACKED_BY_STATUS = {b"autocommit"}
+
+
+def leading_keyword(sql: bytes, start: int = 0) -> tuple[bytes, int]:
+    """The first word after whitespace and comments (upper-cased), and where it starts."""
+    pos = _LEADING.match(sql, start).end()
+    word = _WORD.match(sql, pos)
+    return (word.group(0).upper(), pos) if word else (b"", pos)
+
+
+def classify(sql: bytes) -> Statement:
+    keyword, pos = leading_keyword(sql)
+    if b"/*!" in sql:
+        # Versioned comments hide executable SQL (mysqldump's SET @OLD_...); be conservative.
+        return Statement(Kind.PASS, pin_reason="versioned comment")
+    if has_several_statements(sql, pos):
+        return _classify_multi(sql)
+    body = sql[pos:]
+    if keyword == b"SELECT":
+        if _SELECT_DATABASE.match(body):
+            return Statement(Kind.SELECT_DATABASE)
+        return _pinning(sql) or PASS
+    if keyword == b"USE":
+        m = _USE.match(body)
+        if m:
+            name = m.group(1)
+            if name.startswith(b"`"):
+                name = name[1:-1].replace(b"``", b"`")
+            return Statement(Kind.USE, database=name.decode("utf-8", "replace"))
+        return PASS
+    if keyword == b"SHOW" and _SHOW_DATABASES.match(body):
+        return Statement(Kind.SHOW_DATABASES)
+    if keyword == b"SET":
+        return _classify_set(body)
+    return _pinning(sql) or PASS
+
+
+def _pinning(sql: bytes) -> Statement | None:
+    if b"@" in sql and _USER_VARIABLE.search(sql):
+        return Statement(Kind.PASS, pin_reason="user variable")
+    for pattern, reason in _PINNING_PATTERNS:
+        if pattern.search(sql):
+            return Statement(Kind.PASS, pin_reason=reason)
+    return None
+
+
+def _classify_set(body: bytes) -> Statement:
+    if _SET_GLOBAL.match(body):
+        return PASS
+    if b"@" in body and _USER_VARIABLE.search(body):
+        return Statement(Kind.PASS, pin_reason="user variable")
+    text = body.decode("utf-8", "replace").strip().rstrip(";").strip()
+    if _SET_NAMES.match(body):
+        return Statement(Kind.PASS, session_set=("names", text))
+    tx = _SET_TRANSACTION.match(body)
+    if tx:
+        if tx.group(1) and tx.group(1).upper() == b"SESSION":
+            return Statement(Kind.PASS, session_set=("transaction", text))
+        # Applies to the next transaction of this connection only.
+        return Statement(Kind.PASS, pin_reason="SET TRANSACTION for the next transaction")
+    m = _SET_SIMPLE.match(body)
+    if m:
+        name = m.group(1).lower()
+        if name in _TRACKED_BY_STATUS:
+            return PASS
+        return Statement(Kind.PASS, session_set=(name.decode(), text))
+    # Several assignments in one SET: replay the text as a whole.
+    return Statement(Kind.PASS, session_set=(text.lower(), text))
+
+
+def _classify_multi(sql: bytes) -> Statement:
+    """Multi-statement text: USE inside it cannot be followed; anything stateful pins."""
+    for part in split_statements(sql):
+        inner = classify(part)
+        if inner.kind != Kind.PASS or inner.session_set or inner.pin_reason:
+            return Statement(Kind.PASS, pin_reason="multi-statement text that changes session state")
+    return PASS
+
+
+def has_several_statements(sql: bytes, start: int = 0) -> bool:
+    semi = sql.find(b";", start)
+    if semi < 0 or not sql[semi + 1:].strip():
+        return False
+    return len(split_statements(sql)) > 1
+
+
+def split_statements(sql: bytes) -> list[bytes]:
+    """Split text at semicolons that are outside quotes and comments."""
+    parts: list[bytes] = []
+    start = 0
+    i = 0
+    n = len(sql)
+    while i < n:
+        c = sql[i]
+        if c in b"'\"`":
+            i = _skip_quoted(sql, i, c)
+            continue
+        if c == 0x2F and sql[i + 1:i + 2] == b"*":  # /* ... */
+            end = sql.find(b"*/", i + 2)
+            i = n if end < 0 else end + 2
+            continue
+        if c == 0x23 or (c == 0x2D and sql[i + 1:i + 2] == b"-" and sql[i + 2:i + 3] in (b" ", b"\t", b"\n")):
+            end = sql.find(b"\n", i)
+            i = n if end < 0 else end + 1
+            continue
+        if c == 0x3B:
+            if sql[start:i].strip():
+                parts.append(sql[start:i])
+            start = i + 1
+        i += 1
+    if sql[start:].strip():
+        parts.append(sql[start:])
+    return parts
+
+
+def _skip_quoted(sql: bytes, i: int, quote: int) -> int:
+    n = len(sql)
+    i += 1
+    while i < n:
+        c = sql[i]
+        if c == 0x5C and quote != 0x60:  # backslash escape (not inside backticks)
+            i += 2
+            continue
+        if c == quote:
+            if sql[i + 1:i + 2] == bytes((quote,)):
+                i += 2
+                continue
+            return i + 1
+        i += 1
+    return n

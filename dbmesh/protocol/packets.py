@@ -1,0 +1,319 @@
+"""Encoding and decoding of MySQL protocol payloads, and packet framing over asyncio streams.
+
+A *payload* is the bytes of one logical packet (without the 4-byte header). Framing splits
+payloads of 16 MiB - 1 bytes or more into several wire packets and joins them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .constants import (
+    COLLATION_BINARY,
+    COLLATION_UTF8MB4_GENERAL_CI,
+    EOF_HEADER,
+    ERR_HEADER,
+    MAX_PACKET,
+    OK_HEADER,
+    FieldFlag,
+    FieldType,
+    ServerStatus,
+)
+
+_u16 = struct.Struct("<H")
+_u32 = struct.Struct("<I")
+_u64 = struct.Struct("<Q")
+
+
+class MalformedPacket(ValueError):
+    """A payload that does not decode as the protocol says it must."""
+
+
+# ---------------------------------------------------------------------------------------
+# Length-encoded integers and strings
+
+
+def lenenc_int(value: int) -> bytes:
+    if value < 251:
+        return bytes((value,))
+    if value < 1 << 16:
+        return b"\xfc" + _u16.pack(value)
+    if value < 1 << 24:
+        return b"\xfd" + _u32.pack(value)[:3]
+    return b"\xfe" + _u64.pack(value)
+
+
+def lenenc_str(value: bytes) -> bytes:
+    return lenenc_int(len(value)) + value
+
+
+def read_lenenc_int(buf: bytes | memoryview, pos: int) -> tuple[int | None, int]:
+    """Return (value, new position); value None stands for the NULL marker 0xFB."""
+    try:
+        first = buf[pos]
+        if first < 0xFB:
+            return first, pos + 1
+        if first == 0xFB:
+            return None, pos + 1
+        if first == 0xFC:
+            return buf[pos + 1] | buf[pos + 2] << 8, pos + 3
+        if first == 0xFD:
+            return buf[pos + 1] | buf[pos + 2] << 8 | buf[pos + 3] << 16, pos + 4
+        if first == 0xFE:
+            if pos + 9 > len(buf):
+                raise MalformedPacket("truncated length-encoded integer")
+            return _u64.unpack_from(buf, pos + 1)[0], pos + 9
+    except IndexError as exc:
+        raise MalformedPacket("truncated length-encoded integer") from exc
+    raise MalformedPacket(f"invalid length-encoded integer prefix 0x{first:02x}")
+
+
+def read_lenenc_str(buf: bytes | memoryview, pos: int) -> tuple[bytes | None, int]:
+    length, pos = read_lenenc_int(buf, pos)
+    if length is None:
+        return None, pos
+    end = pos + length
+    if end > len(buf):
+        raise MalformedPacket("truncated length-encoded string")
+    return bytes(buf[pos:end]), end
+
+
+def read_nul_str(buf: bytes | memoryview, pos: int) -> tuple[bytes, int]:
+    end = bytes(buf[pos:]).find(b"\x00")
+    if end < 0:
+        raise MalformedPacket("missing NUL terminator")
+    return bytes(buf[pos:pos + end]), pos + end + 1
+
+
+# ---------------------------------------------------------------------------------------
+# Generic response packets
+
+
+def ok_packet(affected_rows: int = 0, last_insert_id: int = 0, status: int = ServerStatus.AUTOCOMMIT,
+              warnings: int = 0, info: bytes = b"", eof_header: bool = False) -> bytes:
+    """An OK packet; with ``eof_header`` it is the OK that ends a result set under DEPRECATE_EOF."""
+    header = bytes((EOF_HEADER if eof_header else OK_HEADER,))
+    body = lenenc_int(affected_rows) + lenenc_int(last_insert_id) + _u16.pack(status) + _u16.pack(warnings)
+    return header + body + info
+
+
+def eof_packet(status: int = ServerStatus.AUTOCOMMIT, warnings: int = 0) -> bytes:
+    return bytes((EOF_HEADER,)) + _u16.pack(warnings) + _u16.pack(status)
+
+
+def err_packet(code: int, sqlstate: str, message: str) -> bytes:
+    return (bytes((ERR_HEADER,)) + _u16.pack(code) + b"#" + sqlstate.encode("ascii")[:5].ljust(5, b"0")
+            + message.encode("utf-8", "replace"))
+
+
+@dataclass(slots=True)
+class OkInfo:
+    affected_rows: int
+    last_insert_id: int
+    status: int
+    warnings: int
+
+
+def parse_ok(payload: bytes | memoryview) -> OkInfo:
+    """Parse an OK packet (header 0x00, or 0xFE when it ends a result set)."""
+    affected, pos = read_lenenc_int(payload, 1)
+    insert_id, pos = read_lenenc_int(payload, pos)
+    if pos + 4 > len(payload):
+        raise MalformedPacket("truncated OK packet")
+    status, warnings = struct.unpack_from("<HH", payload, pos)
+    return OkInfo(affected or 0, insert_id or 0, status, warnings)
+
+
+def parse_eof(payload: bytes | memoryview) -> tuple[int, int]:
+    """Return (warnings, status) of a classic EOF packet."""
+    if len(payload) < 5:
+        return 0, 0
+    warnings, status = struct.unpack_from("<HH", payload, 1)
+    return warnings, status
+
+
+@dataclass(slots=True)
+class ErrInfo:
+    code: int
+    sqlstate: str
+    message: str
+
+
+def parse_err(payload: bytes | memoryview) -> ErrInfo:
+    if len(payload) < 3:
+        raise MalformedPacket("truncated ERR packet")
+    code = _u16.unpack_from(payload, 1)[0]
+    rest = bytes(payload[3:])
+    sqlstate = "HY000"
+    if rest[:1] == b"#":
+        sqlstate, rest = rest[1:6].decode("ascii", "replace"), rest[6:]
+    return ErrInfo(code, sqlstate, rest.decode("utf-8", "replace"))
+
+
+# ---------------------------------------------------------------------------------------
+# Result sets built by the sidecar itself (SHOW DATABASES, PREVIEW, admin answers)
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: FieldType = FieldType.VAR_STRING
+    length: int = 1024
+    flags: int = 0
+    decimals: int = 0
+    charset: int = COLLATION_UTF8MB4_GENERAL_CI
+    table: str = ""
+    org_table: str = ""
+    schema: str = ""
+    org_name: str = ""
+
+
+def column_definition(col: Column) -> bytes:
+    charset = col.charset
+    if col.type not in _STRING_TYPES:
+        charset = COLLATION_BINARY
+    return b"".join((
+        lenenc_str(b"def"),
+        lenenc_str(col.schema.encode()),
+        lenenc_str(col.table.encode()),
+        lenenc_str(col.org_table.encode()),
+        lenenc_str(col.name.encode()),
+        lenenc_str((col.org_name or "").encode()),
+        b"\x0c",
+        _u16.pack(charset),
+        _u32.pack(col.length),
+        bytes((col.type,)),
+        _u16.pack(col.flags),
+        bytes((col.decimals,)),
+        b"\x00\x00",
+    ))
+
+
+_STRING_TYPES = {FieldType.VARCHAR, FieldType.VAR_STRING, FieldType.STRING, FieldType.BLOB,
+                 FieldType.TINY_BLOB, FieldType.MEDIUM_BLOB, FieldType.LONG_BLOB, FieldType.ENUM,
+                 FieldType.SET, FieldType.JSON}
+
+
+def text_value(value: object) -> bytes:
+    """Encode one value of a text-protocol row."""
+    if value is None:
+        return b"\xfb"
+    if isinstance(value, bytes):
+        return lenenc_str(value)
+    if isinstance(value, bool):
+        value = int(value)
+    return lenenc_str(str(value).encode("utf-8"))
+
+
+def text_row(values: Iterable[object]) -> bytes:
+    return b"".join(text_value(v) for v in values)
+
+
+@dataclass(slots=True)
+class Field:
+    """A decoded column definition of a backend result set."""
+    schema: str
+    table: str
+    org_table: str
+    name: str
+    org_name: str
+    charset: int
+    length: int
+    type: int
+    flags: int
+    decimals: int
+
+    @property
+    def unsigned(self) -> bool:
+        return bool(self.flags & FieldFlag.UNSIGNED)
+
+
+def parse_column_definition(payload: bytes | memoryview) -> Field:
+    pos = 0
+    parts = []
+    for _ in range(6):
+        value, pos = read_lenenc_str(payload, pos)
+        parts.append((value or b"").decode("utf-8", "replace"))
+    _, pos = read_lenenc_int(payload, pos)  # length of fixed fields (0x0c)
+    if pos + 10 > len(payload):
+        raise MalformedPacket("truncated column definition")
+    charset, length, ftype, flags, decimals = struct.unpack_from("<HIBHB", payload, pos)
+    return Field(parts[1], parts[2], parts[3], parts[4], parts[5], charset, length, ftype, flags, decimals)
+
+
+def parse_text_row(payload: bytes | memoryview, count: int) -> list[bytes | None]:
+    values: list[bytes | None] = []
+    pos = 0
+    for _ in range(count):
+        value, pos = read_lenenc_str(payload, pos)
+        values.append(value)
+    return values
+
+
+def result_set_payloads(columns: Sequence[Column], rows: Iterable[Sequence[object]],
+                        deprecate_eof: bool, status: int) -> list[bytes]:
+    """All payloads of a complete text result set, in order."""
+    out = [lenenc_int(len(columns))]
+    out.extend(column_definition(c) for c in columns)
+    if not deprecate_eof:
+        out.append(eof_packet(status))
+    out.extend(text_row(r) for r in rows)
+    out.append(ok_packet(status=status, eof_header=True) if deprecate_eof else eof_packet(status))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Framing over asyncio streams
+
+
+class ConnectionClosed(ConnectionError):
+    """The peer closed the connection (cleanly or mid-packet)."""
+
+
+def frame(payload: bytes | memoryview, seq: int) -> tuple[bytes, int]:
+    """Wire bytes for one payload starting at sequence ``seq``; returns (bytes, next seq)."""
+    length = len(payload)
+    if length < MAX_PACKET:
+        return _u32.pack(length | (seq & 0xFF) << 24) + payload, seq + 1
+    parts = []
+    pos = 0
+    while True:
+        chunk = payload[pos:pos + MAX_PACKET]
+        parts.append(_u32.pack(len(chunk) | (seq & 0xFF) << 24))
+        parts.append(bytes(chunk))
+        seq += 1
+        pos += MAX_PACKET
+        if len(chunk) < MAX_PACKET:
+            break
+    return b"".join(parts), seq
+
+
+class PacketReader:
+    """Reads whole payloads (joining split packets) from a StreamReader."""
+
+    __slots__ = ("reader", "seq")
+
+    def __init__(self, reader: asyncio.StreamReader):
+        self.reader = reader
+        self.seq = 0  # sequence id of the last packet read
+
+    async def read(self) -> bytes:
+        try:
+            header = await self.reader.readexactly(4)
+            length = header[0] | header[1] << 8 | header[2] << 16
+            self.seq = header[3]
+            payload = await self.reader.readexactly(length) if length else b""
+            if length < MAX_PACKET:
+                return payload
+            parts = [payload]
+            while length == MAX_PACKET:
+                header = await self.reader.readexactly(4)
+                length = header[0] | header[1] << 8 | header[2] << 16
+                self.seq = header[3]
+                parts.append(await self.reader.readexactly(length) if length else b"")
+            return b"".join(parts)
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+            raise ConnectionClosed(str(exc) or "connection closed") from exc

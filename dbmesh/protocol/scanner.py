@@ -1,0 +1,226 @@
+"""Finds where a server response ends in a stream of raw bytes, without decoding rows.
+
+The relay forwards backend bytes to the client chunk by chunk as they arrive; this scanner
+walks the packet headers in those chunks, looks only at the first bytes of each packet, and
+says when the whole response (all result sets of a multi-result) is complete. It also keeps
+what the sidecar must learn from the response: the final status flags, the OK packet's
+affected rows / last insert id, an error, and for COM_STMT_PREPARE the statement's shape.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from .constants import EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, MAX_PACKET, OK_HEADER, ServerStatus
+from .packets import ErrInfo, MalformedPacket, parse_eof, parse_err, parse_ok, read_lenenc_int
+
+# Bytes of a packet's start kept for inspection: enough for an OK/EOF packet's status
+# flags and a PREPARE-OK's counts. Error packets are kept whole (they are short).
+_INSPECT = 32
+
+
+class ResponseKind(IntEnum):
+    RESULT = 1       # COM_QUERY, COM_STMT_EXECUTE: OK/ERR or result set(s)
+    ROWS = 2         # COM_STMT_FETCH: rows then EOF/OK, or ERR
+    PREPARE = 3      # COM_STMT_PREPARE
+    FIELD_LIST = 4   # COM_FIELD_LIST: column definitions then EOF, or ERR
+    SINGLE = 5       # one packet of any form (COM_PING, COM_STATISTICS, COM_INIT_DB, ...)
+
+
+class _State(IntEnum):
+    FIRST = 1
+    COLUMNS = 2
+    COLUMNS_EOF = 3
+    ROWS = 4
+    PREPARE_PARAMS = 5
+    PREPARE_PARAMS_EOF = 6
+    PREPARE_COLUMNS = 7
+    PREPARE_COLUMNS_EOF = 8
+    DONE = 9
+
+
+class ResponseScanner:
+    __slots__ = ("kind", "deprecate_eof", "done", "status", "affected_rows", "last_insert_id",
+                 "warnings", "error", "result_sets", "stmt_id", "num_params", "num_columns",
+                 "_state", "_left", "_header", "_remaining", "_length", "_head", "_continuation")
+
+    def __init__(self, kind: ResponseKind, deprecate_eof: bool):
+        self.kind = kind
+        self.deprecate_eof = deprecate_eof
+        self.done = False
+        self.status = 0
+        self.affected_rows = 0
+        self.last_insert_id = 0
+        self.warnings = 0
+        self.error: ErrInfo | None = None
+        self.result_sets = 0
+        self.stmt_id = 0
+        self.num_params = 0
+        self.num_columns = 0
+        self._state = _State.ROWS if kind == ResponseKind.ROWS else (
+            _State.COLUMNS if kind == ResponseKind.FIELD_LIST else _State.FIRST)
+        self._left = 0                # column definitions still expected
+        self._header = bytearray()    # a packet header split across chunks
+        self._remaining = 0           # payload bytes of the current packet not yet seen
+        self._length = 0
+        self._head = bytearray()      # the current packet's first bytes
+        self._continuation = False    # the current packet continues a 16 MiB one
+
+    def feed(self, data: bytes | memoryview) -> int:
+        """Consume ``data``; return how many bytes belong to this response (less than
+        len(data) only when the response ended before the chunk did)."""
+        pos = 0
+        end = len(data)
+        while pos < end and not self.done:
+            if self._remaining == 0 and len(self._header) < 4:
+                need = 4 - len(self._header)
+                self._header += data[pos:pos + need]
+                pos += min(need, end - pos)
+                if len(self._header) < 4:
+                    break
+                h = self._header
+                self._length = self._remaining = h[0] | h[1] << 8 | h[2] << 16
+                self._head.clear()
+                if self._length == 0:
+                    self._packet_complete()
+                continue
+            take = min(self._remaining, end - pos)
+            room = (_INSPECT if not self._head or self._head[0] != ERR_HEADER else 1 << 16) - len(self._head)
+            if room > 0:
+                self._head += data[pos:pos + min(take, room)]
+            pos += take
+            self._remaining -= take
+            if self._remaining == 0:
+                self._packet_complete()
+        return pos
+
+    def _packet_complete(self) -> None:
+        self._header.clear()
+        continuation = self._continuation
+        self._continuation = self._length == MAX_PACKET
+        if not continuation:
+            self._on_packet(bytes(self._head), self._length)
+
+    def _on_packet(self, head: bytes, length: int) -> None:
+        first = head[0] if head else -1
+        state = self._state
+        if state == _State.ROWS:
+            if first == ERR_HEADER and length < MAX_PACKET:
+                self._on_error(head)
+            elif first == EOF_HEADER and (length < 9 or (self.deprecate_eof and length < MAX_PACKET)):
+                self._end_of_result(head)
+            return
+        if state == _State.FIRST:
+            if first == ERR_HEADER:
+                self._on_error(head)
+            elif self.kind == ResponseKind.SINGLE:
+                if first == OK_HEADER and length >= 7:
+                    self._on_ok(head)
+                self.done = True
+            elif first == OK_HEADER and self.kind == ResponseKind.PREPARE:
+                self._on_prepare_ok(head)
+            elif first == OK_HEADER:
+                self._on_ok(head)
+                self._next_result_or_done()
+            elif first == LOCAL_INFILE_HEADER:
+                # We never offer LOCAL_FILES, so a server asking for a file is a protocol error.
+                raise MalformedPacket("backend requested LOCAL INFILE data, which the sidecar does not offer")
+            else:
+                count, _ = read_lenenc_int(head, 0)
+                self._left = count or 0
+                self.num_columns = self._left
+                self._state = _State.COLUMNS
+            return
+        if state in (_State.COLUMNS, _State.PREPARE_PARAMS, _State.PREPARE_COLUMNS):
+            if self.kind == ResponseKind.FIELD_LIST:
+                if first == ERR_HEADER:
+                    self._on_error(head)
+                elif first == EOF_HEADER and length < 9:
+                    self.status = parse_eof(head)[1]
+                    self.done = True
+                return
+            self._left -= 1
+            if self._left == 0:
+                self._after_definitions()
+            return
+        if state in (_State.COLUMNS_EOF, _State.PREPARE_PARAMS_EOF, _State.PREPARE_COLUMNS_EOF):
+            self.warnings, self.status = parse_eof(head)
+            if state == _State.COLUMNS_EOF:
+                self._after_columns()
+            elif state == _State.PREPARE_PARAMS_EOF:
+                self._prepare_columns()
+            else:
+                self.done = True
+
+    # -- transitions -------------------------------------------------------------------
+
+    def _after_definitions(self) -> None:
+        state = self._state
+        if state == _State.COLUMNS:
+            if self.deprecate_eof:
+                self._after_columns()
+            else:
+                self._state = _State.COLUMNS_EOF
+        elif state == _State.PREPARE_PARAMS:
+            if self.deprecate_eof:
+                self._prepare_columns()
+            else:
+                self._state = _State.PREPARE_PARAMS_EOF
+        elif self.deprecate_eof:
+            self.done = True
+        else:
+            self._state = _State.PREPARE_COLUMNS_EOF
+
+    def _after_columns(self) -> None:
+        # An execute that opened a cursor sends no rows now; they come with COM_STMT_FETCH.
+        if self.status & ServerStatus.CURSOR_EXISTS and not self.deprecate_eof:
+            self.result_sets += 1
+            self.done = True
+        else:
+            self._state = _State.ROWS
+
+    def _on_prepare_ok(self, head: bytes) -> None:
+        if len(head) < 12:
+            raise MalformedPacket("truncated COM_STMT_PREPARE response")
+        self.stmt_id = int.from_bytes(head[1:5], "little")
+        self.num_columns = int.from_bytes(head[5:7], "little")
+        self.num_params = int.from_bytes(head[7:9], "little")
+        self.warnings = int.from_bytes(head[10:12], "little")
+        if self.num_params:
+            self._left = self.num_params
+            self._state = _State.PREPARE_PARAMS
+        else:
+            self._prepare_columns()
+
+    def _prepare_columns(self) -> None:
+        if self.num_columns:
+            self._left = self.num_columns
+            self._state = _State.PREPARE_COLUMNS
+        else:
+            self.done = True
+
+    def _on_ok(self, head: bytes) -> None:
+        ok = parse_ok(head)
+        self.affected_rows, self.last_insert_id = ok.affected_rows, ok.last_insert_id
+        self.status, self.warnings = ok.status, ok.warnings
+
+    def _on_error(self, head: bytes) -> None:
+        self.error = parse_err(head)
+        self.done = True
+
+    def _end_of_result(self, head: bytes) -> None:
+        if len(head) >= 7 and self.deprecate_eof:
+            self._on_ok(head)
+        else:
+            self.warnings, self.status = parse_eof(head)
+        self.result_sets += 1
+        if self.kind == ResponseKind.ROWS:
+            self.done = True
+        else:
+            self._next_result_or_done()
+
+    def _next_result_or_done(self) -> None:
+        if self.status & ServerStatus.MORE_RESULTS_EXISTS:
+            self._state = _State.FIRST
+        else:
+            self.done = True
