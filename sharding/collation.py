@@ -31,7 +31,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 __all__ = ["CollationInfo", "collation_info", "collation_key", "is_binary_collation"]
 
@@ -83,7 +83,7 @@ def _pad(s: str) -> str:
 _GENERAL_SPECIAL = {"ß": "S"}
 
 
-@lru_cache(maxsize=None)  # bounded by the number of distinct characters seen
+@cache  # bounded by the number of distinct characters seen
 def _general_weight(c: str) -> str:
     if ord(c) > 0xFFFF:
         return "\ufffd"
@@ -108,7 +108,7 @@ def _general_key(s: str, info: CollationInfo) -> str:
 _PUNCT, _DIGIT, _LETTER = 0, 1 << 21, 2 << 21
 
 
-@lru_cache(maxsize=None)
+@cache
 def _uca_units(ch: str) -> tuple[tuple[int, bool], ...]:
     """(primary weight or -1 for a combining mark, is_upper) for one NFKD character."""
     upper = ch.isupper()

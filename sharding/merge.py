@@ -185,9 +185,12 @@ def mysql_sort_key(value: Any, collation: str | None = None) -> Hashable:
     if isinstance(value, _dt.timedelta):
         return (_R_DURATION, value)
     if isinstance(value, _dt.time):
-        return (_R_DURATION, _dt.timedelta(
-            hours=value.hour, minutes=value.minute, seconds=value.second, microseconds=value.microsecond
-        ))
+        return (
+            _R_DURATION,
+            _dt.timedelta(
+                hours=value.hour, minutes=value.minute, seconds=value.second, microseconds=value.microsecond
+            ),
+        )
     raise TypeError(f"cannot compare value of type {type(value).__name__}")
 
 
@@ -559,9 +562,7 @@ def _distinct_rows(rows: Iterable[Row], plan: MergePlan) -> Iterator[Row]:
     seen: set[tuple] = set()
     for row in rows:
         visible = row if width is None else row[:width]
-        key = tuple(
-            mysql_sort_key(v, colls[i] if i < len(colls) else None) for i, v in enumerate(visible)
-        )
+        key = tuple(mysql_sort_key(v, colls[i] if i < len(colls) else None) for i, v in enumerate(visible))
         if key not in seen:
             seen.add(key)
             yield row
