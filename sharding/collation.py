@@ -110,7 +110,7 @@ _PUNCT, _DIGIT, _LETTER = 0, 1 << 21, 2 << 21
 
 @cache
 def _uca_units(ch: str) -> tuple[tuple[int, bool], ...]:
-    """(primary weight or -1 for a combining mark, is_upper) for one NFKD character."""
+    """(primary weight, or -codepoint for a combining mark, is_upper) per unit of one NFKD character."""
     upper = ch.isupper()
     out: list[tuple[int, bool]] = []
     for c in ch.casefold():
