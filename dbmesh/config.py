@@ -83,9 +83,8 @@ class LogicalDatabaseConfig:
     name: str
     # Pass-through: every statement goes to this data source unchanged.
     data_source: str | None = None
-    # Raw rule sections for the engines that extend this file (sharding, read/write, shadow);
-    # each engine validates its own section.
-    sharding: dict[str, Any] | None = None
+    # Sharding rules (sharding.rules.ShardingRuleSet), validated at load.
+    sharding: Any = None
 
 
 @dataclass(frozen=True)
@@ -102,9 +101,13 @@ class Config:
     source_path: str | None = None
 
     def data_source_for(self, database: str | None) -> DataSourceConfig:
+        """Where a session on ``database`` runs what is not routed by rules: the pass-through
+        target, or a sharded database's default data source."""
         if database is None or database not in self.databases:
             return self.data_sources[self.default_data_source]
         ldb = self.databases[database]
+        if ldb.sharding is not None:
+            return self.data_sources[ldb.sharding.default_data_source]
         return self.data_sources[ldb.data_source or self.default_data_source]
 
 
@@ -266,12 +269,28 @@ def _parse_databases(raw: Any, data_sources: dict[str, DataSourceConfig]) -> dic
             raise ConfigError(f"{path}.data_source",
                               f"no data source named {ds_name!r}; declared: {sorted(data_sources)}")
         sharding = db.get("sharding")
-        if ds_name is None and sharding is None:
-            raise ConfigError(path, "give either data_source (pass-through) or sharding rules")
-        result[name] = LogicalDatabaseConfig(
-            name=name, data_source=ds_name,
-            sharding=_mapping(sharding, f"{path}.sharding") if sharding is not None else None)
+        if (ds_name is None) == (sharding is None):
+            raise ConfigError(path, "give either data_source (pass-through) or sharding rules, not both")
+        rules = _parse_sharding(sharding, f"{path}.sharding", data_sources) if sharding is not None else None
+        result[name] = LogicalDatabaseConfig(name=name, data_source=ds_name, sharding=rules)
     return result
+
+
+def _parse_sharding(raw: Any, path: str, data_sources: dict[str, DataSourceConfig]) -> Any:
+    """Sharding rules over ``data_sources`` (the list in the section, default all declared)."""
+    from sharding.rules import parse_sharding_rules  # sharding.rules reports errors with ConfigError
+
+    section = dict(_mapping(raw, path))
+    spans = section.pop("data_sources", None)
+    if spans is None:
+        spans = list(data_sources)
+    if not isinstance(spans, list) or not spans or not all(isinstance(d, str) for d in spans):
+        raise ConfigError(f"{path}.data_sources", "expected a non-empty list of data source names")
+    for i, ds in enumerate(spans):
+        if ds not in data_sources:
+            raise ConfigError(f"{path}.data_sources[{i}]", f"no data source named {ds!r}; declared: "
+                                                           f"{sorted(data_sources)}")
+    return parse_sharding_rules(section, path, spans)
 
 
 def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None = None) -> Config:

@@ -254,6 +254,8 @@ class ShardingAlgorithm(ABC):
     hint_based: ClassVar[bool] = False
 
     def __init__(self, props: Mapping[str, Any] | None = None):
+        if props is not None and not isinstance(props, Mapping):
+            raise AlgorithmPropsError("props", f"expected a mapping, got {type(props).__name__}")
         self.props: dict[str, Any] = dict(props or {})
 
     @abstractmethod
@@ -296,7 +298,20 @@ class IndexedAlgorithm(ShardingAlgorithm):
             target_with_suffix(targets, index, f"<shard {index}>")
 
     def _targets_for(self, targets: Sequence[str], indices: Iterable[int]) -> list[str]:
-        return _in_order(targets, (target_with_suffix(targets, i) for i in indices))
+        """Targets for the shard numbers a range covers.
+
+        A shard number without a target is skipped: rule validation guarantees every value
+        that can reach these targets has one, so a missing shard holds no rows here (e.g. the
+        odd tables of a data source that only receives even keys).
+        """
+        suffixes = _suffix_map(tuple(targets))
+        chosen: list[str] = []
+        for index in indices:
+            found = suffixes.get(index, ())
+            if len(found) > 1:
+                target_with_suffix(targets, index)  # raises: ambiguous
+            chosen.extend(found)
+        return _in_order(targets, chosen)
 
 
 # ---------------------------------------------------------------------------------------
@@ -564,7 +579,14 @@ class IntervalAlgorithm(ShardingAlgorithm):
         first, last = self._index(lo), self._index(hi)
         if not high_inclusive and last > first and self._start(last) == hi:
             last -= 1
-        return _in_order(targets, {target_ending_with(targets, self.suffix(i)) for i in range(first, last + 1)})
+        # As for index-based ranges, an interval without a target holds no rows here.
+        chosen: set[str] = set()
+        for index in range(first, last + 1):
+            found = _target_ending(tuple(targets), self.suffix(index))
+            if len(found) > 1:
+                target_ending_with(targets, self.suffix(index))  # raises: ambiguous
+            chosen.update(found)
+        return _in_order(targets, chosen)
 
     def validate_targets(self, targets: Sequence[str]) -> None:
         for index in range(self.interval_count):
@@ -592,9 +614,13 @@ def _render(template: Template, env: Mapping[str, Any], targets: Sequence[str], 
     return name
 
 
-def _check_samples(targets: Sequence[str], samples: Iterable[Any], shard: Callable[[Any], str]) -> None:
-    # Best effort: samples the column type cannot take (evaluation errors) are skipped, but
-    # any successfully computed name must be a real target.
+def _check_samples(template: Template, targets: Sequence[str], samples: Iterable[Any],
+                   shard: Callable[[Any], str]) -> None:
+    # Best effort: only when integer samples are representative (the column is used as an
+    # integer); samples the column cannot take (evaluation errors) are skipped, but any
+    # successfully computed name must be a real target.
+    if not template.integer_confined:
+        return
     for sample in samples:
         try:
             shard(sample)
@@ -634,7 +660,7 @@ class InlineAlgorithm(ShardingAlgorithm):
         return _render(self.template, env, targets, value)
 
     def validate_targets(self, targets: Sequence[str]) -> None:
-        _check_samples(targets, SAMPLE_INTS, lambda v: self.shard(targets, v))
+        _check_samples(self.template, targets, SAMPLE_INTS, lambda v: self.shard(targets, v))
 
 
 class ComplexAlgorithm(ShardingAlgorithm):
@@ -676,7 +702,7 @@ class ComplexAlgorithm(ShardingAlgorithm):
         return grid
 
     def validate_targets(self, targets: Sequence[str]) -> None:
-        _check_samples(targets, self.sample_values(), lambda v: self.shard(targets, v))
+        _check_samples(self.template, targets, self.sample_values(), lambda v: self.shard(targets, v))
 
 
 class HintAlgorithm(ShardingAlgorithm):
@@ -710,7 +736,7 @@ class HintAlgorithm(ShardingAlgorithm):
 
     def validate_targets(self, targets: Sequence[str]) -> None:
         if self.template is not None:
-            _check_samples(targets, SAMPLE_INTS, lambda v: self.shard(targets, v))
+            _check_samples(self.template, targets, SAMPLE_INTS, lambda v: self.shard(targets, v))
 
 
 ALGORITHM_TYPES: dict[str, type[ShardingAlgorithm]] = {

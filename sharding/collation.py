@@ -16,9 +16,11 @@ common cases (case, accents, trailing spaces) and on ordering for Latin text:
 * UCA-based (``*_unicode_ci``, ``*_unicode_520_ci``, ``*_0900_ai_ci``,
   ``*_0900_as_ci``, ``*_cs`` ...): NFKD + casefold, combining marks are
   ignored at the primary level; primary weights are grouped like DUCET
-  (spaces/punctuation/symbols < digits by numeric value < letters) but
-  ordered by codepoint inside a group; control/format characters are
-  ignorable.  ``_as`` adds an accent level and ``_cs`` a case level
+  (whitespace/punctuation/symbols < digits by numeric value < letters),
+  ASCII punctuation follows the DUCET order, everything else is ordered by
+  codepoint inside its group; other control/format characters are
+  ignorable.  Expansions/contractions beyond what NFKD + casefold give
+  (e.g. 'æ' = 'ae') are not modelled.  ``_as`` adds an accent level and ``_cs`` a case level
   (lower before upper), compared only on primary ties, as in UCA.
 
 PAD SPACE is emulated by comparing ``s.rstrip(' ') + ' '``: exact for
@@ -107,6 +109,11 @@ def _general_key(s: str, info: CollationInfo) -> str:
 
 _PUNCT, _DIGIT, _LETTER = 0, 1 << 21, 2 << 21
 
+# DUCET (root collation) order of the ASCII whitespace, punctuation and symbols; other
+# non-letter characters follow them in codepoint order.
+_ASCII_VARIABLE_ORDER = "\t\n\v\f\r " + "_-,;:!?.'\"()[]{}@*/\\&#%`^+<=>|~$"
+_ASCII_VARIABLE_RANK = {c: i for i, c in enumerate(_ASCII_VARIABLE_ORDER)}
+
 
 @cache
 def _uca_units(ch: str) -> tuple[tuple[int, bool], ...]:
@@ -114,6 +121,10 @@ def _uca_units(ch: str) -> tuple[tuple[int, bool], ...]:
     upper = ch.isupper()
     out: list[tuple[int, bool]] = []
     for c in ch.casefold():
+        rank = _ASCII_VARIABLE_RANK.get(c)
+        if rank is not None:
+            out.append((_PUNCT | rank, upper))
+            continue
         cat = unicodedata.category(c)
         if cat[0] == "M":
             out.append((-ord(c), upper))  # negative = secondary-only unit (accent)
@@ -124,7 +135,7 @@ def _uca_units(ch: str) -> tuple[tuple[int, bool], ...]:
         elif cat[0] in ("L", "N"):
             out.append((_LETTER | ord(c), upper))
         else:
-            out.append((_PUNCT | ord(c), upper))
+            out.append((_PUNCT | (0x100 + ord(c)), upper))
     return tuple(out)
 
 

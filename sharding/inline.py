@@ -236,7 +236,7 @@ class Call:
 
 
 @dataclass(frozen=True)
-class Sequence_:
+class SequenceNode:
     """A list literal or an a..b range; only meaningful in data-node expressions."""
     items: tuple[Node, ...] = ()
     low: Node | None = None
@@ -244,7 +244,7 @@ class Sequence_:
     pos: int = 0
 
 
-Node = Literal | Variable | Unary | Binary | Call | Sequence_
+Node = Literal | Variable | Unary | Binary | Call | SequenceNode
 
 # name -> (min args, max args)
 _FUNCTIONS: dict[str, tuple[int, int]] = {
@@ -302,14 +302,14 @@ class _Parser:
                 self.take()
                 items.append(self.expr())
             self.expect_op("]")
-            node: Node = Sequence_(items=tuple(items), pos=first.pos)
+            node: Node = SequenceNode(items=tuple(items), pos=first.pos)
         else:
             node = self.expr()
             if self.peek().kind == "op" and self.peek().text == "..":
                 if not allow_sequences:
                     raise self.error("ranges (a..b) are only allowed in data-node expressions")
                 self.take()
-                node = Sequence_(low=node, high=self.expr(), pos=first.pos)
+                node = SequenceNode(low=node, high=self.expr(), pos=first.pos)
         tail = self.peek()
         if tail.kind not in ("end", "eof"):
             raise self.error(f"unexpected {self._describe(tail)}")
@@ -380,10 +380,33 @@ def _variables(node: Node) -> set[str]:
         return _variables(node.left) | _variables(node.right)
     if isinstance(node, Call):
         return set().union(*(_variables(a) for a in node.args)) if node.args else set()
-    if isinstance(node, Sequence_):
+    if isinstance(node, SequenceNode):
         parts = [*node.items, *(x for x in (node.low, node.high) if x is not None)]
         return set().union(*(_variables(p) for p in parts)) if parts else set()
     return set()
+
+
+def _confined(node: Node, confined: bool) -> bool:
+    """Whether every variable under ``node`` only reaches the output through integers.
+
+    Inside -, *, /, %, unary minus, abs(), int() and hash_mod() a value must be (or become)
+    an integer, so sampling integer values covers every output; a variable whose text flows
+    out directly (plain interpolation, '+', str(), lower(), ...) may be a string column.
+    """
+    if isinstance(node, Variable):
+        return confined
+    if isinstance(node, Unary):
+        return _confined(node.operand, True)
+    if isinstance(node, Binary):
+        inner = confined if node.op == "+" else True
+        return _confined(node.left, inner) and _confined(node.right, inner)
+    if isinstance(node, Call):
+        if node.name in ("abs", "int", "hash_mod"):
+            return all(_confined(a, True) for a in node.args)
+        if node.name == "substr":
+            return _confined(node.args[0], confined) and all(_confined(a, True) for a in node.args[1:])
+        return all(_confined(a, confined) for a in node.args)
+    return True
 
 
 # ---------------------------------------------------------------------------------------
@@ -490,7 +513,7 @@ class _Evaluator:
 
     def values(self, node: Node) -> list[Value]:
         """All values of a data-node segment (a scalar is a one-element list)."""
-        if not isinstance(node, Sequence_):
+        if not isinstance(node, SequenceNode):
             return [self.eval(node)]
         if node.low is None or node.high is None:
             return [self.eval(item) for item in node.items]
@@ -535,6 +558,11 @@ class Template:
             if not isinstance(part, str):
                 names |= _variables(part)
         return frozenset(names)
+
+    @property
+    def integer_confined(self) -> bool:
+        """True if integer samples exercise every output (see ``_confined``)."""
+        return all(isinstance(p, str) or _confined(p, False) for p in self.parts)
 
     @property
     def is_constant(self) -> bool:

@@ -31,6 +31,7 @@ from sharding.collation import collation_info, collation_key
 __all__ = [
     "AGGREGATE_KINDS",
     "Aggregate",
+    "MergeOrderError",
     "MergePlan",
     "OrderItem",
     "group_key",
@@ -40,6 +41,11 @@ __all__ = [
 ]
 
 Row = tuple[Any, ...]
+
+
+class MergeOrderError(RuntimeError):
+    """A shard claimed to be sorted by the group key but its rows are not in our key order."""
+
 
 # Big enough for DECIMAL(65,30) sums without the default 28-digit context rounding them.
 _DEC = Context(prec=200, rounding=ROUND_HALF_UP)
@@ -473,11 +479,40 @@ class _Group:
 # ---------------------------------------------------------------- pipeline stages
 
 
-def _kway(shard_rows: Sequence[Iterable[Row]], items: Sequence[OrderItem]) -> Iterator[Row]:
-    """Lazy merge of pre-sorted shard streams; ties go to the lower shard, then arrival order."""
-    if len(shard_rows) == 1:
-        return iter(shard_rows[0])
-    return heapq.merge(*shard_rows, key=_row_key_func(items, directional=True))
+_END = object()
+
+
+def _kway(
+    shard_rows: Sequence[Iterable[Row]], items: Sequence[OrderItem], check_order: bool = False
+) -> Iterator[tuple[tuple, Row]]:
+    """Lazy merge of pre-sorted shard streams, yielding (sort key, row).
+
+    Ties go to the lower shard index, then arrival order.  A shard is only
+    pulled when its previous row has been consumed.  With ``check_order`` a
+    shard stream that is not monotone under our key raises MergeOrderError.
+    """
+    keyf = _row_key_func(items, directional=True)
+    heap: list[tuple[tuple, int, Row, Iterator[Row]]] = []
+    for i, rows in enumerate(shard_rows):
+        it = iter(rows)
+        row = next(it, _END)
+        if row is not _END:
+            heap.append((keyf(row), i, row, it))
+    heapq.heapify(heap)  # (key, shard index) is unique, so rows are never compared
+    while heap:
+        key, i, row, it = heap[0]
+        yield key, row
+        nxt = next(it, _END)
+        if nxt is _END:
+            heapq.heappop(heap)
+            continue
+        nkey = keyf(nxt)
+        if check_order and nkey < key:
+            raise MergeOrderError(
+                f"shard {i} is not sorted by the group key as this merger orders it "
+                f"(collation approximation mismatch?): {nxt!r} after {row!r}"
+            )
+        heapq.heapreplace(heap, (nkey, i, nxt, it))
 
 
 def _row_width(plan: MergePlan) -> int:
@@ -505,11 +540,12 @@ def _scalar_aggregate(shard_rows: Sequence[Iterable[Row]], plan: MergePlan) -> I
 
 def _sorted_group_aggregate(shard_rows: Sequence[Iterable[Row]], plan: MergePlan) -> Iterator[Row]:
     """Streaming re-aggregation: equal group keys are adjacent after the k-way merge."""
-    gkey = _row_key_func(plan.group_by, directional=False)
+    # Equality of the directional key is collation equality, so it doubles as the group key.
+    # The order check matters here: a shard ordered differently from our key would split a
+    # group into two output rows, so fail loudly instead of returning wrong results.
     group: _Group | None = None
     current: tuple | None = None
-    for row in _kway(shard_rows, plan.group_by):
-        k = gkey(row)
+    for k, row in _kway(shard_rows, plan.group_by, check_order=True):
         if group is not None and k == current:
             group.add(row)
             continue
@@ -581,7 +617,11 @@ def merge(shard_rows: Sequence[Iterable[Row]], plan: MergePlan) -> Iterator[Row]
       visible ones); ``LIMIT o, n`` was rewritten to ``LIMIT 0, o+n``.
     * GROUP BY: each shard returns partial aggregates per group (per
       (group, distinct-arg) for *_DISTINCT kinds); if
-      ``shards_sorted_by_group`` every shard is sorted by ``plan.group_by``.
+      ``shards_sorted_by_group`` every shard is sorted by ``plan.group_by``
+      (in an order that :func:`mysql_sort_key` reproduces: numbers,
+      temporals, binary/``_bin``/ASCII ``general_ci`` strings are safe;
+      otherwise :class:`MergeOrderError` may be raised mid-stream, so prefer
+      hash aggregation for keys under approximated collations).
     * Scalar aggregates: shards may return their single row or nothing.
 
     Known deviations from MySQL: see module docs of :mod:`sharding.collation`
@@ -601,7 +641,7 @@ def merge(shard_rows: Sequence[Iterable[Row]], plan: MergePlan) -> Iterator[Row]
         else:
             rows = _hash_group_aggregate(shard_rows, plan)
     elif plan.order_by:
-        rows = _kway(shard_rows, plan.order_by)
+        rows = (row for _key, row in _kway(shard_rows, plan.order_by))
     else:
         rows = itertools.chain.from_iterable(shard_rows)
 

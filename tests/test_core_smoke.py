@@ -9,7 +9,7 @@ def test_select_and_show_databases(proxy):
         cur.execute("SELECT 1 + 1, 'é😀'")
         assert cur.fetchall() == ((2, "é😀"),)
         cur.execute("SHOW DATABASES")
-        assert {r[0] for r in cur.fetchall()} == {"demo", "other"}
+        assert {r[0] for r in cur.fetchall()} == {"demo", "other", "shop"}
         cur.execute("SELECT DATABASE()")
         assert cur.fetchone() == ("demo",)
 

@@ -11,7 +11,7 @@ import logging
 import struct
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..protocol.auth import CACHING_SHA2_PLUGIN, NATIVE_PLUGIN, caching_sha2_response, native_response
 from ..protocol.constants import (
@@ -72,6 +72,7 @@ class BackendStatement:
 class QueryResult:
     fields: list[Field]
     rows: list[list[bytes | None]]
+    field_packets: list[bytes] = field(default_factory=list)
     affected_rows: int = 0
     last_insert_id: int = 0
     status: int = 0
@@ -256,11 +257,13 @@ class BackendConnection:
                                                ResponseKind.RESULT)
         if scanner.error:
             raise BackendError(scanner.error)
-        result = QueryResult([], [], scanner.affected_rows, scanner.last_insert_id, scanner.status)
+        result = QueryResult([], [], affected_rows=scanner.affected_rows,
+                             last_insert_id=scanner.last_insert_id, status=scanner.status)
         if payloads[0][0] == 0x00:
             return result
         count, _ = read_lenenc_int(payloads[0], 0)
-        result.fields = [parse_column_definition(p) for p in payloads[1:1 + count]]
+        result.field_packets = payloads[1:1 + count]
+        result.fields = [parse_column_definition(p) for p in result.field_packets]
         rows_start = 1 + count + (0 if self.deprecate_eof else 1)
         for p in payloads[rows_start:-1]:
             result.rows.append(parse_text_row(p, count))

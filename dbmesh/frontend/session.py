@@ -31,6 +31,7 @@ from ..protocol.packets import (
 )
 from ..protocol.scanner import ResponseKind, ResponseScanner
 from . import handshake
+from .sharded import ShardedExecutor
 from .statement import Kind, classify
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class Session:
         self.statements: dict[int, ClientStatement] = {}
         self.next_stmt_id = 1
         self.scramble = b""
-        self.seq = 0
+        self.sharded = ShardedExecutor(self)
 
     # -- output ----------------------------------------------------------------------------
 
@@ -102,7 +103,7 @@ class Session:
 
     def status_flags(self) -> int:
         status = ServerStatus.AUTOCOMMIT if self.autocommit else 0
-        if self.held is not None and self.held.in_transaction:
+        if (self.held is not None and self.held.in_transaction) or self.sharded.in_transaction:
             status |= ServerStatus.IN_TRANS
         return status
 
@@ -135,6 +136,7 @@ class Session:
             pass
 
     async def cleanup(self) -> None:
+        await self.sharded.close()
         conn, pool = self.held, self.held_pool
         self.held = self.held_pool = None
         if conn is not None and pool is not None:
@@ -278,7 +280,10 @@ class Session:
         return conn
 
     async def _sync_state(self, conn: BackendConnection) -> None:
-        """Make the backend connection's session state equal to the client's."""
+        await self.sync_state(conn, self._physical_database())
+
+    async def sync_state(self, conn: BackendConnection, database: str | None) -> None:
+        """Make the backend connection's session state equal to the client's, on ``database``."""
         if conn.session_vars != self.vars_signature:
             if conn.session_vars:
                 await conn.reset()
@@ -286,7 +291,6 @@ class Session:
             for statement in self.vars_signature:
                 await conn.query(statement)
             conn.session_vars = self.vars_signature
-        database = self._physical_database()
         if database is not None and conn.database != database:
             await conn.init_db(database)
         if conn.autocommit != self.autocommit:
@@ -356,6 +360,9 @@ class Session:
 
     def _change_database(self, name: str) -> None:
         self._check_database(name)
+        if self.sharded.in_transaction and name != self.database:
+            raise ProxyError(errors.ER_NOT_SUPPORTED_YET, "HY000",
+                             f"Cannot switch to database '{name}' inside a sharded transaction; commit first")
         if self.held is not None and self.config.data_source_for(name).name != self.held.data_source \
                 and (self.held.in_transaction or self.pin_reasons):
             raise ProxyError(errors.ER_NOT_SUPPORTED_YET, "HY000",
@@ -384,10 +391,48 @@ class Session:
         if kind is Kind.SELECT_DATABASE:
             self.send_result([Column("DATABASE()", length=256)], [[self.database]])
             return
+        if kind is Kind.PREVIEW:
+            self._preview(sql)
+            return
+        if self._is_sharded():
+            if statement.session_set or statement.pin_reason:
+                await self._sharded_session_statement(payload, statement)
+            else:
+                await self.sharded.query(sql.decode("utf-8", "surrogateescape"))
+            return
         if statement.pin_reason:
             self.pin_reasons.add(statement.pin_reason)
         scanner = await self.relay(payload, ResponseKind.RESULT)
         if scanner is not None and scanner.error is None and statement.session_set:
+            self._record_var(*statement.session_set)
+            if self.held is not None:
+                self.held.session_vars = self.vars_signature
+
+    def _is_sharded(self) -> bool:
+        ldb = self.config.databases.get(self.database) if self.database else None
+        return ldb is not None and ldb.sharding is not None
+
+    def _preview(self, sql: bytes) -> None:
+        """PREVIEW <statement>: the route units (data source, actual SQL) without running it."""
+        inner = sql.lstrip()[len(b"PREVIEW"):].strip().decode("utf-8", "surrogateescape")
+        if not inner:
+            raise ProxyError(1064, "42000", "PREVIEW needs a statement, e.g. PREVIEW SELECT * FROM t WHERE id = 1")
+        if self._is_sharded():
+            units = [(u.data_source, u.sql) for u in self.sharded.preview(inner)]
+        else:
+            units = [(self.config.data_source_for(self.database).name, inner)]
+        self.send_result([Column("data_source_name", length=256), Column("actual_sql", length=65535)],
+                         [list(u) for u in units])
+
+    async def _sharded_session_statement(self, payload: bytes, statement) -> None:
+        """A SET on a sharded database: check it on the default data source, then replay it on
+        every backend connection the session borrows."""
+        if statement.pin_reason:
+            raise ProxyError(errors.ER_NOT_SUPPORTED_YET, "HY000",
+                             f"{statement.pin_reason} is not supported on sharded database '{self.database}': "
+                             "it would hold state on one shard only")
+        scanner = await self.relay(payload, ResponseKind.RESULT)
+        if scanner is not None and scanner.error is None:
             self._record_var(*statement.session_set)
             if self.held is not None:
                 self.held.session_vars = self.vars_signature
@@ -489,6 +534,10 @@ class Session:
         return stmt
 
     async def com_stmt_prepare(self, payload: bytes) -> None:
+        if self._is_sharded():
+            raise ProxyError(errors.ER_NOT_SUPPORTED_YET, "HY000",
+                             f"server-side prepared statements on sharded database '{self.database}' are not "
+                             "supported yet; use client-side parameters (the driver's default)")
         sql = payload[1:]
         statement = classify(sql)
         if statement.pin_reason:

@@ -19,6 +19,7 @@ class Kind(Enum):
     USE = auto()              # change the logical database
     SHOW_DATABASES = auto()   # list the logical databases the user may use
     SELECT_DATABASE = auto()  # SELECT DATABASE(): the logical name, not the physical one
+    PREVIEW = auto()          # PREVIEW <statement>: show the route units instead of running it
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,8 @@ def classify(sql: bytes) -> Statement:
                 name = name[1:-1].replace(b"``", b"`")
             return Statement(Kind.USE, database=name.decode("utf-8", "replace"))
         return PASS
+    if keyword == b"PREVIEW":
+        return Statement(Kind.PREVIEW)
     if keyword == b"SHOW" and _SHOW_DATABASES.match(body):
         return Statement(Kind.SHOW_DATABASES)
     if keyword == b"SET":

@@ -1,0 +1,413 @@
+"""Statements on a sharded logical database: plan, run on the route units, merge.
+
+One unit: the rewritten SQL is relayed raw, like pass-through. Several units: rows are
+fetched from every unit concurrently, decoded, merged (sharding.merge) and sent as one
+result set; writes add up their affected rows. Inside an explicit transaction the session
+keeps one backend connection per data source it touched and commits or rolls back all of
+them together (LOCAL mode: each branch commits in turn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+from sharding import planner
+from sharding.errors import ShardingError
+from sharding.merge import Aggregate, MergePlan, OrderItem, merge
+from sharding.rules import ShardingRuleSet
+
+from .. import errors
+from ..backend.connection import BackendConnection, BackendError, QueryResult
+from ..errors import ProxyError
+from ..protocol.constants import Command
+from ..protocol.packets import Column, eof_packet, lenenc_int, ok_packet
+from ..protocol.scanner import ResponseKind
+from ..protocol.textvalues import collation_of, decode_rows, encode_row
+
+if TYPE_CHECKING:
+    from ..backend.pool import Pool
+    from .session import Session
+
+log = logging.getLogger("dbmesh.sharded")
+
+ER_SHARDING = 1235  # ER_NOT_SUPPORTED_YET: drivers treat it as a statement error
+
+_TXN_START = re.compile(r"^\s*(BEGIN(\s+WORK)?|START\s+TRANSACTION\b.*)\s*;?\s*$", re.I | re.S)
+_TXN_COMMIT = re.compile(r"^\s*COMMIT(\s+WORK)?\s*;?\s*$", re.I)
+_TXN_ROLLBACK = re.compile(r"^\s*ROLLBACK(\s+WORK)?\s*;?\s*$", re.I)
+_SHOW_TABLES = re.compile(r"^\s*SHOW\s+(FULL\s+)?TABLES\s*(?:(?:FROM|IN)\s+`?(\w+)`?)?\s*(LIKE\s+'([^']*)')?\s*;?\s*$",
+                          re.I)
+_SHOW_RULES = re.compile(r"^\s*SHOW\s+SHARDING\s+TABLE\s+RULES?\s*;?\s*$", re.I)
+_DESCRIBE = re.compile(r"^\s*(?:DESCRIBE|DESC|EXPLAIN)\s+`?(\w+)`?\s*;?\s*$", re.I)
+_SHOW_ON_TABLE = re.compile(
+    r"^\s*SHOW\s+(CREATE\s+TABLE|(?:FULL\s+)?(?:COLUMNS|FIELDS)\s+(?:FROM|IN)|INDEX(?:ES)?\s+(?:FROM|IN)|KEYS\s+(?:FROM|IN))"
+    r"\s+`?(\w+)`?\s*;?\s*$", re.I)
+
+
+def sharding_error(exc: ShardingError | str) -> ProxyError:
+    return ProxyError(ER_SHARDING, "42000", f"dbmesh sharding: {exc}")
+
+
+def parse(sql: str) -> exp.Expression:
+    try:
+        tree = sqlglot.parse_one(sql, read=planner.DIALECT)
+    except ParseError as exc:
+        first = exc.errors[0] if exc.errors else {}
+        near = first.get("highlight") or ""
+        raise ProxyError(1064, "42000", "You have an error in your SQL syntax (dbmesh could not parse it "
+                                        f"for sharding) near '{near}': {str(exc).splitlines()[0]}") from exc
+    if tree is None:
+        raise ProxyError(1065, "42000", "Query was empty")
+    return tree
+
+
+class ShardedExecutor:
+    """Runs a session's statements on a sharded logical database."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.in_transaction = False
+        self.txn_start = "START TRANSACTION"
+        self.conns: dict[str, tuple[BackendConnection, Pool]] = {}
+
+    @property
+    def rules(self) -> ShardingRuleSet:
+        return self.session.config.databases[self.session.database].sharding
+
+    # -- backend connections ------------------------------------------------------------
+
+    async def connection(self, data_source: str) -> BackendConnection:
+        held = self.conns.get(data_source)
+        if held is not None:
+            return held[0]
+        session = self.session
+        pool = session.server.pools[data_source]
+        conn = await pool.acquire(session.caps_key)
+        self.conns[data_source] = (conn, pool)
+        try:
+            await session.sync_state(conn, session.config.data_sources[data_source].database)
+            if self.in_transaction:
+                await conn.query(self.txn_start)
+        except (ConnectionError, OSError) as exc:
+            conn.broken = True
+            self.release(force=True)
+            raise errors.backend_lost(data_source, conn.address) from exc
+        return conn
+
+    def release(self, force: bool = False) -> None:
+        """Give back connections not needed any more (all of them when ``force``)."""
+        if self.in_transaction and not force:
+            return
+        for conn, pool in self.conns.values():
+            pool.release(conn)
+        self.conns.clear()
+
+    async def close(self) -> None:
+        """Session end: roll back an open transaction and return everything."""
+        if self.in_transaction:
+            for conn, _ in self.conns.values():
+                try:
+                    await asyncio.wait_for(conn.query("ROLLBACK"), 5.0)
+                except (BackendError, OSError, ConnectionError, TimeoutError):
+                    conn.broken = True
+        self.in_transaction = False
+        self.release(force=True)
+
+    # -- statements ---------------------------------------------------------------------
+
+    async def query(self, sql: str) -> None:
+        session = self.session
+        if _TXN_START.match(sql):
+            await self._commit_or_rollback("COMMIT")  # like MySQL: BEGIN commits an open transaction
+            self.in_transaction = True
+            self.txn_start = sql.strip().rstrip(";")
+            session.send_ok()
+            return
+        if _TXN_COMMIT.match(sql) or _TXN_ROLLBACK.match(sql):
+            await self._commit_or_rollback("COMMIT" if _TXN_COMMIT.match(sql) else "ROLLBACK")
+            session.send_ok()
+            return
+        if _SHOW_RULES.match(sql):
+            self._show_rules()
+            return
+        m = _SHOW_TABLES.match(sql)
+        if m:
+            await self._show_tables(full=bool(m.group(1)), like=m.group(4))
+            return
+        m = _DESCRIBE.match(sql) or _SHOW_ON_TABLE.match(sql)
+        if m:
+            await self._on_first_node(sql, m.group(m.lastindex))
+            return
+        try:
+            plan = planner.plan(parse(sql), self.rules, session.database, sql_text=sql)
+        except ShardingError as exc:
+            raise sharding_error(exc) from exc
+        await self.execute(plan)
+
+    def preview(self, sql: str) -> list[planner.RouteUnit]:
+        try:
+            return planner.plan(parse(sql), self.rules, self.session.database, sql_text=sql).units
+        except ShardingError as exc:
+            raise sharding_error(exc) from exc
+
+    async def execute(self, plan: planner.Plan) -> None:
+        try:
+            if len(plan.units) == 1 and not plan.write:
+                await self._relay(plan.units[0])
+            elif plan.write:
+                await self._write(plan)
+            else:
+                await self._merged_select(plan)
+        finally:
+            self.release()
+
+    async def _relay(self, unit: planner.RouteUnit) -> None:
+        session = self.session
+        conn = await self.connection(unit.data_source)
+        try:
+            scanner = await conn.relay(bytes((Command.QUERY,)) + unit.sql.encode("utf-8"), ResponseKind.RESULT,
+                                       session.writer)
+        except (ConnectionError, OSError) as exc:
+            conn.broken = True
+            self.release(force=True)
+            raise errors.backend_lost(unit.data_source, conn.address) from exc
+        if scanner.status and not self.in_transaction:
+            session.autocommit = bool(scanner.status & 0x0002)
+
+    async def _run_all(self, units: Sequence[planner.RouteUnit]) -> list[QueryResult]:
+        """Run every unit; units of one data source run in turn on its connection, data
+        sources run concurrently. Results come back in unit order."""
+        by_source: dict[str, list[int]] = {}
+        for i, unit in enumerate(units):
+            by_source.setdefault(unit.data_source, []).append(i)
+        for ds in by_source:
+            await self.connection(ds)
+        results: list[QueryResult | None] = [None] * len(units)
+
+        async def run_source(ds: str, indexes: list[int]) -> None:
+            conn = self.conns[ds][0]
+            for i in indexes:
+                results[i] = await conn.query(units[i].sql)
+
+        try:
+            await asyncio.gather(*(run_source(ds, ix) for ds, ix in by_source.items()))
+        except (ConnectionError, OSError) as exc:
+            self.release(force=True)
+            raise ProxyError(errors.CR_SERVER_LOST, "HY000", "Lost connection to a data source during a "
+                                                             f"sharded statement: {exc}") from exc
+        return results
+
+    async def _write(self, plan: planner.Plan) -> None:
+        results = await self._run_all(plan.units)
+        if plan.broadcast:
+            affected = results[0].affected_rows
+        else:
+            affected = sum(r.affected_rows for r in results)
+        last_id = plan.last_insert_id or next((r.last_insert_id for r in results if r.last_insert_id), 0)
+        self.session.send_ok(affected_rows=affected, last_insert_id=last_id)
+
+    async def _merged_select(self, plan: planner.Plan) -> None:
+        results = await self._run_all(plan.units)
+        first = results[0]
+        fields = first.fields
+        spec = plan.merge
+        width = len(fields)
+
+        def at(index: int) -> int:
+            return width + index if index < 0 else index
+
+        collations = [collation_of(f) for f in fields]
+        merge_plan = MergePlan(
+            order_by=tuple(OrderItem(at(i), desc, collations[at(i)]) for i, desc in spec.order_by),
+            group_by=tuple(OrderItem(at(i), False, collations[at(i)]) for i in spec.group_by),
+            aggregates=tuple(_aggregate(kind, at(i), s, c, at, collations) for kind, i, s, c in spec.aggregates),
+            having=_having(spec, at) if spec.having is not None else None,
+            distinct=spec.distinct,
+            offset=spec.offset,
+            limit=spec.limit,
+            visible_columns=width - spec.hidden,
+            column_collations=tuple(collations),
+        )
+        shard_rows = [decode_rows(r.rows, fields) for r in results]
+        rows = merge(shard_rows, merge_plan)
+        packets = list(first.field_packets[:width - spec.hidden])
+        for i in spec.avg_indexes:
+            # AVG carries four more decimals than the SUM it was computed from.
+            p = bytearray(packets[i])
+            p[-3] = min(p[-3] + 4, 38)
+            packets[i] = bytes(p)
+        self._send_rows(packets, rows)
+
+    def _send_rows(self, field_packets: list[bytes], rows) -> None:
+        session = self.session
+        status = session.status_flags()
+        payloads = [lenenc_int(len(field_packets)), *field_packets]
+        if not session.deprecate_eof:
+            payloads.append(eof_packet(status))
+        payloads.extend(encode_row(row) for row in rows)
+        payloads.append(ok_packet(status=status, eof_header=True) if session.deprecate_eof else eof_packet(status))
+        session.send(*payloads)
+
+    # -- transactions -----------------------------------------------------------------
+
+    async def _commit_or_rollback(self, verb: str) -> None:
+        if not self.in_transaction:
+            return
+        failure: Exception | None = None
+        for ds, (conn, _) in list(self.conns.items()):
+            try:
+                await conn.query(verb)
+            except (BackendError, ConnectionError, OSError) as exc:
+                conn.broken = True
+                failure = failure or ProxyError(errors.ER_UNKNOWN_ERROR, "HY000",
+                                                f"{verb} failed on data source '{ds}': {exc}; the other "
+                                                "data sources were finished (LOCAL transactions are "
+                                                "best effort)")
+        self.in_transaction = False
+        self.release(force=True)
+        if failure is not None:
+            raise failure
+
+    # -- metadata statements ---------------------------------------------------------------
+
+    def _show_rules(self) -> None:
+        rules = self.rules
+        columns = [Column(n) for n in ("table", "actual_data_nodes", "actual_data_sources",
+                                       "database_strategy", "table_strategy", "key_generator", "binding_group")]
+        rows = []
+        for name, rule in rules.tables.items():
+            def describe(strategy) -> str | None:
+                if strategy is None:
+                    return None
+                return f"{','.join(strategy.columns) or 'hint'} -> {strategy.algorithm_name}"
+            group = rules.binding_group_of(name)
+            rows.append([name, ", ".join(map(str, rule.data_nodes)), ", ".join(rule.data_sources),
+                         describe(rule.database_strategy), describe(rule.table_strategy),
+                         f"{rule.key_generator.column} -> {rule.key_generator.generator_name}"
+                         if rule.key_generator else None,
+                         ", ".join(group) if group else None])
+        for name in sorted(rules.broadcast_tables):
+            rows.append([name, "(broadcast) " + ", ".join(rules.data_sources), ", ".join(rules.data_sources),
+                         None, None, None, None])
+        self.session.send_result(columns, rows)
+
+    async def _show_tables(self, full: bool, like: str | None) -> None:
+        rules = self.rules
+        conn = await self.connection(rules.default_data_source)
+        try:
+            result = await conn.query("SHOW FULL TABLES")
+        finally:
+            self.release()
+        names: dict[str, str] = {}
+        for row in result.rows:
+            actual = row[0].decode()
+            logical = rules.logical_table_of(actual)
+            names.setdefault(logical or actual, row[1].decode() if row[1] else "BASE TABLE")
+        for name in rules.tables:
+            names.setdefault(name, "BASE TABLE")
+        pattern = _like_regex(like) if like else None
+        chosen = sorted(n for n in names if pattern is None or pattern.match(n))
+        title = f"Tables_in_{self.session.database}" + (f" ({like})" if like else "")
+        columns = [Column(title, length=256)] + ([Column("Table_type", length=64)] if full else [])
+        self.session.send_result(columns, [[n, names[n]] if full else [n] for n in chosen])
+
+    async def _on_first_node(self, sql: str, table: str) -> None:
+        """DESCRIBE / SHOW COLUMNS / SHOW INDEX / SHOW CREATE TABLE of a logical table: ask its
+        first actual table and show the logical name."""
+        rules = self.rules
+        nodes = rules.data_nodes(table)
+        node = nodes[0]
+        actual_sql = re.sub(rf"`?\b{re.escape(table)}\b`?", f"`{node.table}`", sql, count=1)
+        conn = await self.connection(node.data_source)
+        try:
+            result = await conn.query(actual_sql)
+        finally:
+            self.release()
+        def rename(value: Any) -> Any:
+            if not isinstance(value, bytes) or node.table == table:
+                return value
+            if value == node.table.encode():
+                return table.encode()
+            return value.replace(f"`{node.table}`".encode(), f"`{table}`".encode())
+
+        rows = [tuple(rename(v) for v in row) for row in result.rows]
+        self._send_rows(result.field_packets, rows)
+
+
+def _aggregate(kind: str, index: int, sum_index: int | None, count_index: int | None,
+               at: Callable[[int], int], collations: list[str | None]) -> Aggregate:
+    if kind == "AVG":
+        return Aggregate("AVG", index, sum_index=at(sum_index), count_index=at(count_index))
+    if kind == "COUNT_DISTINCT":
+        return Aggregate("COUNT_DISTINCT", index, distinct_index=at(count_index),
+                         collation=collations[at(count_index)])
+    return Aggregate(kind, index, collation=collations[index] if kind in ("MIN", "MAX") else None)
+
+
+def _having(spec: planner.SelectMerge, at: Callable[[int], int]) -> Callable[[tuple], bool]:
+    columns = {k: at(v) for k, v in spec.having_columns.items()}
+    expression = spec.having
+
+    def value(node: exp.Expression, row: tuple) -> Any:
+        key = node.sql(dialect=planner.DIALECT)
+        if key in columns:
+            return row[columns[key]]
+        if isinstance(node, exp.Column) and node.name.lower() in columns:
+            return row[columns[node.name.lower()]]
+        if isinstance(node, exp.Paren):
+            return value(node.this, row)
+        if isinstance(node, exp.Literal):
+            return node.this if node.is_string else _number(node.this)
+        if isinstance(node, exp.Null):
+            return None
+        if isinstance(node, exp.Neg):
+            v = value(node.this, row)
+            return None if v is None else -v
+        if isinstance(node, exp.Not):
+            v = value(node.this, row)
+            return None if v is None else not v
+        if isinstance(node, exp.And):
+            return bool(value(node.this, row)) and bool(value(node.expression, row))
+        if isinstance(node, exp.Or):
+            return bool(value(node.this, row)) or bool(value(node.expression, row))
+        op = _BINARY.get(type(node))
+        if op is not None:
+            a, b = value(node.this, row), value(node.expression, row)
+            if a is None or b is None:
+                return None
+            return op(a, b)
+        raise ShardingError(f"HAVING {expression.sql(dialect=planner.DIALECT)} across shards uses "
+                            f"{node.sql(dialect=planner.DIALECT)}, which the merge cannot evaluate")
+
+    return lambda row: bool(value(expression, row))
+
+
+def _number(text: str) -> Any:
+    from decimal import Decimal
+    try:
+        return int(text)
+    except ValueError:
+        return Decimal(text)
+
+
+_BINARY = {
+    exp.EQ: lambda a, b: a == b, exp.NEQ: lambda a, b: a != b, exp.GT: lambda a, b: a > b,
+    exp.GTE: lambda a, b: a >= b, exp.LT: lambda a, b: a < b, exp.LTE: lambda a, b: a <= b,
+    exp.Add: lambda a, b: a + b, exp.Sub: lambda a, b: a - b, exp.Mul: lambda a, b: a * b,
+    exp.Div: lambda a, b: None if b == 0 else a / b,
+}
+
+
+def _like_regex(pattern: str) -> re.Pattern[str]:
+    out = []
+    for ch in pattern:
+        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+    return re.compile("^" + "".join(out) + "$", re.I)

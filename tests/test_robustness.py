@@ -1,0 +1,654 @@
+"""Robustness of the sidecar against real MariaDB servers over real sockets, no mocks.
+
+The sidecar must never crash, never leak a backend connection, never lose committed data,
+and answer what it cannot serve with a MySQL ERR packet that says what went wrong:
+
+* hostile or broken clients (garbage handshakes, truncated packets, unknown / malformed
+  commands) get ERR packets or a clean disconnect while other clients keep working;
+* 200 concurrent clients with a mixed read/write/transaction workload see exactly their
+  own results, and the table ends up holding exactly the committed operations;
+* abrupt disconnects (mid-transaction, mid-result) leave no backend connection behind and
+  no uncommitted data visible; a saturated pool answers 1040 naming the data source, then
+  recovers;
+* payloads over 16 MiB in both directions, text and binary protocol;
+* a backend that dies and comes back;
+* TLS towards clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import random
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mysql.connector
+import pymysql
+import pytest
+from conftest import Proxy, start_proxy, stop_proxy
+
+# ---------------------------------------------------------------------------------------
+# A hand-rolled client for what real drivers never send.
+
+CLIENT_LONG_PASSWORD = 1
+CLIENT_CONNECT_WITH_DB = 1 << 3
+CLIENT_PROTOCOL_41 = 1 << 9
+CLIENT_SSL = 1 << 11
+CLIENT_TRANSACTIONS = 1 << 13
+CLIENT_SECURE_CONNECTION = 1 << 15
+CLIENT_MULTI_RESULTS = 1 << 17
+CLIENT_PLUGIN_AUTH = 1 << 19
+RAW_CLIENT_CAPS = (CLIENT_LONG_PASSWORD | CLIENT_PROTOCOL_41 | CLIENT_TRANSACTIONS
+                   | CLIENT_SECURE_CONNECTION | CLIENT_MULTI_RESULTS | CLIENT_PLUGIN_AUTH)
+
+COM_QUIT = 0x01
+COM_INIT_DB = 0x02
+COM_QUERY = 0x03
+COM_FIELD_LIST = 0x04
+COM_BINLOG_DUMP = 0x12
+COM_CHANGE_USER = 0x11
+COM_STMT_PREPARE = 0x16
+COM_STMT_EXECUTE = 0x17
+COM_STMT_SEND_LONG_DATA = 0x18
+COM_STMT_CLOSE = 0x19
+COM_SET_OPTION = 0x1B
+COM_STMT_FETCH = 0x1C
+
+MYSQL_TYPE_LONGLONG = 0x08
+MYSQL_TYPE_VAR_STRING = 0xFD
+
+
+def native_scramble(password: str, scramble: bytes) -> bytes:
+    stage1 = hashlib.sha1(password.encode()).digest()
+    stage2 = hashlib.sha1(stage1).digest()
+    mix = hashlib.sha1(scramble + stage2).digest()
+    return bytes(a ^ b for a, b in zip(stage1, mix, strict=True))
+
+
+class ServerError(Exception):
+    def __init__(self, code: int, sqlstate: str, message: str):
+        super().__init__(f"({code}, {sqlstate}) {message}")
+        self.code = code
+        self.sqlstate = sqlstate
+        self.message = message
+
+
+def parse_err(payload: bytes) -> ServerError:
+    assert payload[:1] == b"\xff", f"not an ERR packet: {payload[:40]!r}"
+    code = struct.unpack_from("<H", payload, 1)[0]
+    sqlstate, message = "", payload[3:]
+    if message[:1] == b"#":
+        sqlstate, message = message[1:6].decode(), message[6:]
+    return ServerError(code, sqlstate, message.decode("utf-8", "replace"))
+
+
+def lenenc(buf: bytes, pos: int) -> tuple[int | None, int]:
+    first = buf[pos]
+    if first < 0xFB:
+        return first, pos + 1
+    if first == 0xFB:
+        return None, pos + 1
+    size = {0xFC: 2, 0xFD: 3, 0xFE: 8}[first]
+    return int.from_bytes(buf[pos + 1:pos + 1 + size], "little"), pos + 1 + size
+
+
+class RawClient:
+    """A MySQL client on a plain socket: protocol 4.1, mysql_native_password, classic EOF."""
+
+    def __init__(self, proxy: Proxy, timeout: float = 15):
+        self.sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
+        self.buf = b""
+        self.seq = 0
+        greeting = self.read()
+        assert greeting is not None and greeting[0] == 10, greeting
+        version_end = greeting.index(b"\x00", 1)
+        pos = version_end + 1 + 4
+        self.scramble = greeting[pos:pos + 8]
+        pos += 8 + 1 + 2 + 1 + 2 + 2
+        auth_len = greeting[pos]
+        pos += 1 + 10
+        self.scramble += greeting[pos:pos + max(13, auth_len - 8) - 1]
+
+    # -- framing ------------------------------------------------------------------------
+
+    def _recv_exact(self, n: int) -> bytes | None:
+        while len(self.buf) < n:
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                return None
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read(self) -> bytes | None:
+        """One payload, or None when the server closed the connection."""
+        header = self._recv_exact(4)
+        if header is None:
+            return None
+        length = int.from_bytes(header[:3], "little")
+        self.seq = header[3]
+        return self._recv_exact(length) if length else b""
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send(self, payload: bytes, seq: int = 0) -> None:
+        self.send_raw(struct.pack("<I", len(payload) | seq << 24) + payload)
+
+    def closed_by_server(self) -> bool:
+        """True when the server closes the connection without sending anything more."""
+        return self.read() is None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    # -- phases ---------------------------------------------------------------------------
+
+    def handshake_response(self, user: str, password: str, database: str | None = None) -> bytes:
+        caps = RAW_CLIENT_CAPS | (CLIENT_CONNECT_WITH_DB if database else 0)
+        auth = native_scramble(password, self.scramble)
+        return (struct.pack("<IIB", caps, 1 << 24, 45) + bytes(23) + user.encode() + b"\x00"
+                + bytes((len(auth),)) + auth
+                + ((database.encode() + b"\x00") if database else b"")
+                + b"mysql_native_password\x00")
+
+    def login(self, user: str = "app", password: str = "app", database: str | None = "demo") -> None:
+        self.send(self.handshake_response(user, password, database), seq=1)
+        reply = self.read()
+        assert reply is not None and reply[:1] == b"\x00", f"login failed: {reply!r}"
+
+    def command(self, payload: bytes) -> bytes | None:
+        """Send a command and return the first payload of its response."""
+        self.send(payload)
+        return self.read()
+
+    def expect_error(self, payload: bytes) -> ServerError:
+        reply = self.command(payload)
+        assert reply is not None, f"connection closed instead of an ERR for {payload[:20]!r}"
+        return parse_err(reply)
+
+    def query(self, sql: str) -> list[list[bytes | None]]:
+        """Run a text query; return its rows (raises ServerError on ERR)."""
+        first = self.command(bytes((COM_QUERY,)) + sql.encode())
+        assert first is not None, "connection closed"
+        if first[:1] == b"\xff":
+            raise parse_err(first)
+        if first[:1] == b"\x00":
+            return []
+        count, _ = lenenc(first, 0)
+        for _ in range(count):
+            self.read()
+        assert self.read()[:1] == b"\xfe"  # end of column definitions
+        rows = []
+        while True:
+            packet = self.read()
+            assert packet is not None
+            if packet[:1] == b"\xfe" and len(packet) < 9:
+                return rows
+            if packet[:1] == b"\xff":
+                raise parse_err(packet)
+            row, pos = [], 0
+            for _ in range(count):
+                length, pos = lenenc(packet, pos)
+                row.append(None if length is None else packet[pos:pos + length])
+                pos += length or 0
+            rows.append(row)
+
+    def prepare(self, sql: str) -> tuple[int, int, int]:
+        """COM_STMT_PREPARE; return (statement id, columns, params)."""
+        first = self.command(bytes((COM_STMT_PREPARE,)) + sql.encode())
+        assert first is not None
+        if first[:1] == b"\xff":
+            raise parse_err(first)
+        stmt_id, columns, params = struct.unpack_from("<IHH", first, 1)
+        for block in (params, columns):
+            if block:
+                for _ in range(block):
+                    self.read()
+                assert self.read()[:1] == b"\xfe"
+        return stmt_id, columns, params
+
+
+def execute_packet(stmt_id: int, params: list[int]) -> bytes:
+    """COM_STMT_EXECUTE binding LONGLONG parameters (no NULLs), types included."""
+    bitmap = bytes((len(params) + 7) // 8)
+    types = b"".join(struct.pack("<BB", MYSQL_TYPE_LONGLONG, 0) for _ in params)
+    values = b"".join(struct.pack("<q", p) for p in params)
+    return struct.pack("<BIBI", COM_STMT_EXECUTE, stmt_id, 0, 1) + bitmap + b"\x01" + types + values
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20, interval: float = 0.05,
+               what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last value {value!r})")
+        time.sleep(interval)
+
+
+def assert_healthy(proxy: Proxy) -> None:
+    """The proxy process is alive and a normal client runs queries through it."""
+    assert proxy.alive(), f"proxy died:\n{proxy.log()[-4000:]}"
+    with proxy.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 40 + 2, DATABASE()")
+        assert cur.fetchall() == ((42, "demo"),)
+
+
+def assert_no_tracebacks(proxy: Proxy) -> None:
+    """No handler died with an unexpected exception (asyncio logs those with a traceback)."""
+    log = proxy.log()
+    assert "Traceback" not in log, log[-6000:]
+    assert "exception was never retrieved" not in log, log[-6000:]
+
+
+def data_source(config: dict, name: str) -> dict:
+    return config["data_sources"][name]
+
+
+def backend_connections(sandbox, instance: str, user: str) -> int:
+    """Connections the backend server ``instance`` has from ``user`` right now."""
+    conn = sandbox.admin_connect(instance)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s", (user,))
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def admin_execute(sandbox, instance: str, *statements: str, database: str | None = None) -> None:
+    conn = sandbox.admin_connect(instance, database=database)
+    try:
+        with conn.cursor() as cur:
+            for sql in statements:
+                cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def admin_rows(sandbox, instance: str, sql: str, args: tuple = (), database: str | None = None) -> list:
+    conn = sandbox.admin_connect(instance, database=database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def running_proxy(config: dict, workdir: Path) -> Iterator[Proxy]:
+    p = start_proxy(config, workdir)
+    try:
+        yield p
+    finally:
+        stop_proxy(p)
+
+
+class BackgroundTraffic:
+    """A normal client running queries in a loop while a test abuses the proxy."""
+
+    def __init__(self, proxy: Proxy):
+        self.proxy = proxy
+        self.ok = 0
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with self.proxy.connect() as conn, conn.cursor() as cur:
+                i = 0
+                while not self._stop.is_set():
+                    i += 1
+                    cur.execute("SELECT %s * 2", (i,))
+                    assert cur.fetchone() == (i * 2,)
+                    self.ok += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.errors.append(exc)
+
+    def __enter__(self) -> BackgroundTraffic:
+        self._thread.start()
+        wait_until(lambda: self.ok > 0 or self.errors, what="background traffic to start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        before = self.ok
+        # It must still be making progress at the end.
+        wait_until(lambda: self.ok > before + 5 or self.errors, what="background traffic progress")
+        self._stop.set()
+        self._thread.join(10)
+        assert not self.errors, f"a well-behaved client failed: {self.errors!r}"
+
+
+# ---------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def rb_proxy(sandbox_config: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """A proxy of its own, so its log shows only what these tests did to it."""
+    with running_proxy(sandbox_config, tmp_path_factory.mktemp("rb-proxy")) as p:
+        yield p
+
+
+# ---------------------------------------------------------------------------------------
+# 1. Hostile and broken clients
+
+
+def test_garbage_handshakes_get_1043_or_clean_disconnect(rb_proxy: Proxy) -> None:
+    with BackgroundTraffic(rb_proxy):
+        # Too short to be a handshake response.
+        c = RawClient(rb_proxy)
+        c.send(b"\x13\x37" * 5, seq=1)
+        err = parse_err(c.read())
+        assert err.code == 1043 and err.sqlstate == "08S01"
+        assert "Bad handshake" in err.message and "10 bytes" in err.message
+        assert c.closed_by_server()
+
+        # Long enough, but no protocol 4.1.
+        c = RawClient(rb_proxy)
+        c.send(bytes(40), seq=1)
+        err = parse_err(c.read())
+        assert err.code == 1043 and "protocol 4.1" in err.message
+        assert c.closed_by_server()
+
+        # Protocol 4.1 announced, user name never terminated.
+        c = RawClient(rb_proxy)
+        c.send(struct.pack("<IIB", RAW_CLIENT_CAPS, 1 << 24, 45) + bytes(23) + b"\xab" * 50, seq=1)
+        err = parse_err(c.read())
+        assert err.code == 1043 and "NUL" in err.message
+        assert c.closed_by_server()
+
+        # An auth response longer than the packet.
+        c = RawClient(rb_proxy)
+        c.send(struct.pack("<IIB", RAW_CLIENT_CAPS, 1 << 24, 45) + bytes(23) + b"app\x00\x14abc", seq=1)
+        err = parse_err(c.read())
+        assert err.code == 1043 and "truncated" in err.message
+        assert c.closed_by_server()
+
+        # An empty packet.
+        c = RawClient(rb_proxy)
+        c.send(b"", seq=1)
+        assert parse_err(c.read()).code == 1043
+        assert c.closed_by_server()
+
+        # Not MySQL at all: an HTTP request. Its first bytes read as a 5 MB packet length, so
+        # the proxy waits for the rest; when the client gives up it must close cleanly.
+        c = RawClient(rb_proxy)
+        c.send_raw(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.closed_by_server()
+
+        # Random bytes, framed: whatever they decode to, the answer is an ERR packet
+        # (bad handshake, or access denied), never a crash or a hang.
+        rng = random.Random(1234)
+        codes = set()
+        for _ in range(60):
+            c = RawClient(rb_proxy)
+            garbage = rng.randbytes(rng.choice([0, 1, 4, 31, 32, 33, 64, 200]))
+            if rng.random() < 0.5 and len(garbage) >= 4:  # often claim protocol 4.1
+                garbage = struct.pack("<I", struct.unpack_from("<I", garbage)[0] | CLIENT_PROTOCOL_41
+                                      ) + garbage[4:]
+            c.send(garbage, seq=1)
+            reply = c.read()
+            if reply is not None and reply[:1] == b"\xfe":  # auth switch: answer garbage again
+                c.send(rng.randbytes(20), seq=c.seq + 1)
+                reply = c.read()
+            assert reply is not None, f"closed without an ERR for {garbage!r}"
+            err = parse_err(reply)
+            assert err.code in (1043, 1045), err
+            codes.add(err.code)
+            assert c.closed_by_server()
+        assert 1043 in codes
+
+    assert_healthy(rb_proxy)
+    assert_no_tracebacks(rb_proxy)
+
+
+def test_truncated_packets_close_cleanly(rb_proxy: Proxy) -> None:
+    with BackgroundTraffic(rb_proxy):
+        # During the handshake: header says 1000 bytes, 10 follow, then the client is gone.
+        c = RawClient(rb_proxy)
+        c.send_raw(struct.pack("<I", 1000 | 1 << 24) + b"0123456789")
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.closed_by_server()
+
+        # The same in the command phase, once for a query and once while the client's
+        # session holds a transaction on a backend connection.
+        for setup in ([], ["BEGIN", "SELECT 1"]):
+            c = RawClient(rb_proxy)
+            c.login()
+            for sql in setup:
+                c.query(sql)
+            c.send_raw(struct.pack("<I", 1000) + bytes((COM_QUERY,)) + b"SELECT 1 ")
+            c.sock.shutdown(socket.SHUT_WR)
+            assert c.closed_by_server()
+
+        # A truncated header (2 of 4 bytes).
+        c = RawClient(rb_proxy)
+        c.login()
+        c.send_raw(b"\x05\x00")
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.closed_by_server()
+
+    assert_healthy(rb_proxy)
+    assert_no_tracebacks(rb_proxy)
+
+
+def test_bad_commands_after_login_get_err_and_session_survives(rb_proxy: Proxy) -> None:
+    with BackgroundTraffic(rb_proxy):
+        c = RawClient(rb_proxy)
+        c.login()
+
+        def still_works() -> None:
+            assert c.query("SELECT 6 * 7") == [[b"42"]]
+
+        # Unknown command bytes, including ones a proxy must never relay (binlog dump).
+        for command in (0xEE, 0x00, COM_BINLOG_DUMP, 0x1E, 0x20, 0xFF):
+            err = c.expect_error(bytes((command,)) + b"\xde\xad\xbe\xef garbage")
+            assert err.code == 1047, err
+            assert f"0x{command:02x}" in err.message
+            still_works()
+
+        # Garbage SQL goes to the server, whose error comes back.
+        err = c.expect_error(bytes((COM_QUERY,)) + b"\xff\xfe\x00\x01 not sql at all")
+        assert err.code == 1064, err
+        still_works()
+        err = c.expect_error(bytes((COM_QUERY,)))
+        assert err.code == 1065, err  # query was empty
+        still_works()
+
+        # Prepared-statement commands with unknown ids: 1243.
+        for payload, what in (
+                (struct.pack("<BIBI", COM_STMT_EXECUTE, 987654, 0, 1), "mysqld_stmt_execute"),
+                (struct.pack("<BII", COM_STMT_FETCH, 987654, 10), "mysqld_stmt_fetch")):
+            err = c.expect_error(payload)
+            assert err.code == 1243 and "987654" in err.message and what in err.message, err
+            still_works()
+
+        # Commands that never get a response must not get one for unknown ids either
+        # (a stray packet would shift every later response).
+        c.send(struct.pack("<BIH", COM_STMT_SEND_LONG_DATA, 987654, 0) + b"data")
+        c.send(struct.pack("<BI", COM_STMT_CLOSE, 987654))
+        c.send(bytes((COM_STMT_CLOSE,)))
+        still_works()
+
+        # Truncated COM_STMT_EXECUTE: 1835, for a real statement too.
+        stmt_id, _, params = c.prepare("SELECT ? + ?")
+        assert params == 2
+        for payload in (
+                bytes((COM_STMT_EXECUTE,)) + b"\x01",                     # no statement id
+                struct.pack("<BI", COM_STMT_EXECUTE, stmt_id),            # no flags / iteration count
+                struct.pack("<BIBI", COM_STMT_EXECUTE, stmt_id, 0, 1),    # no NULL bitmap
+                # no types ever sent for this statement
+                struct.pack("<BIBI", COM_STMT_EXECUTE, stmt_id, 0, 1) + b"\x00\x00" + bytes(16)):
+            err = c.expect_error(payload)
+            assert err.code == 1835, err
+            assert "Malformed" in err.message
+            still_works()
+        # The statement itself still executes.
+        first = c.command(execute_packet(stmt_id, [40, 2]))
+        assert first == b"\x01", first  # one column
+        c.read()
+        assert c.read()[:1] == b"\xfe"
+        row = c.read()
+        assert row[0] == 0x00 and struct.unpack_from("<q", row, 2)[0] == 42, row  # binary row
+        assert c.read()[:1] == b"\xfe"
+        # Parameter values cut short: the backend rejects it, the session goes on.
+        reply = c.command(execute_packet(stmt_id, [1, 2])[:-5])
+        assert reply is not None and reply[:1] == b"\xff", reply
+        assert parse_err(reply).code == 1210, parse_err(reply)  # MariaDB's own answer
+        still_works()
+
+        # Other malformed commands.
+        assert c.expect_error(bytes((COM_SET_OPTION,))).code == 1835
+        assert c.expect_error(struct.pack("<BH", COM_SET_OPTION, 7)).code == 1047
+        assert c.expect_error(bytes((COM_INIT_DB,)) + b"no_such_db").code == 1049
+        assert c.expect_error(bytes((COM_FIELD_LIST,)) + b"no_such_table\x00").code == 1146
+        still_works()
+        err = c.expect_error(bytes((COM_CHANGE_USER,)) + b"user-without-terminator")
+        assert err.code == 1835, err
+        still_works()
+
+        # An empty command packet is not a command at all: ERR 1835, then the proxy hangs up.
+        err = c.expect_error(b"")
+        assert err.code == 1835, err
+        assert c.closed_by_server()
+
+    assert_healthy(rb_proxy)
+    assert_no_tracebacks(rb_proxy)
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Many concurrent clients, every result checked
+
+
+CLIENTS = 200
+OPS_PER_CLIENT = 20
+
+
+def _mixed_workload(proxy: Proxy, client: int, start: threading.Barrier) -> dict[int, int]:
+    """One client's operations on its own rows; returns the committed state it expects."""
+    rng = random.Random(client)
+    model: dict[int, int] = {}
+    next_k = 0
+    conn = proxy.connect()
+    try:
+        cur = conn.cursor()
+        start.wait(60)
+
+        def insert(k: int, v: int) -> None:
+            cur.execute("INSERT INTO rb_mixed (client, k, v) VALUES (%s, %s, %s)", (client, k, v))
+            assert cur.rowcount == 1 and cur.lastrowid > 0
+
+        def value(k: int) -> int | None:
+            cur.execute("SELECT v FROM rb_mixed WHERE client = %s AND k = %s", (client, k))
+            row = cur.fetchone()
+            return None if row is None else row[0]
+
+        for _ in range(OPS_PER_CLIENT):
+            op = rng.choice(["insert", "insert", "select", "update", "commit", "rollback", "aggregate"])
+            if op in ("select", "update", "rollback") and not model:
+                op = "insert"
+            if op == "insert":
+                v = rng.randrange(1000)
+                insert(next_k, v)
+                model[next_k] = v
+                next_k += 1
+            elif op == "select":
+                k = rng.choice(list(model))
+                assert value(k) == model[k]
+                assert value(next_k + 1000) is None
+            elif op == "update":
+                k, delta = rng.choice(list(model)), rng.randrange(1, 50)
+                cur.execute("UPDATE rb_mixed SET v = v + %s WHERE client = %s AND k = %s", (delta, client, k))
+                assert cur.rowcount == 1
+                model[k] += delta
+                assert value(k) == model[k]
+            elif op == "commit":
+                conn.begin()
+                v = rng.randrange(1000)
+                insert(next_k, v)
+                assert value(next_k) == v  # its own uncommitted row
+                if model:
+                    k = rng.choice(list(model))
+                    cur.execute("UPDATE rb_mixed SET v = v * 2 + 1 WHERE client = %s AND k = %s", (client, k))
+                    assert cur.rowcount == 1
+                    model[k] = model[k] * 2 + 1
+                conn.commit()
+                model[next_k] = v
+                next_k += 1
+            elif op == "rollback":
+                cur.execute("START TRANSACTION")
+                insert(next_k, 5)
+                k = rng.choice(list(model))
+                cur.execute("UPDATE rb_mixed SET v = -1 WHERE client = %s AND k = %s", (client, k))
+                cur.execute("DELETE FROM rb_mixed WHERE client = %s AND k <> %s", (client, k))
+                assert value(k) == -1
+                cur.execute("ROLLBACK")
+                assert value(next_k) is None
+                assert value(k) == model[k]
+                next_k += 1  # never reused: a leaked commit would show up as an extra row
+            else:
+                cur.execute("SELECT COUNT(*), COALESCE(SUM(v), 0) FROM rb_mixed WHERE client = %s", (client,))
+                count, total = cur.fetchone()
+                assert (count, int(total)) == (len(model), sum(model.values()))
+        # Autocommit must be on again for this client after its explicit transactions.
+        cur.execute("SELECT @@autocommit")
+        assert cur.fetchone() == (1,)
+    finally:
+        conn.close()
+    return model
+
+
+def test_200_concurrent_clients_mixed_workload(rb_proxy: Proxy, sandbox) -> None:
+    admin_execute(sandbox, "ds_0", "DROP TABLE IF EXISTS rb_mixed",
+                  "CREATE TABLE rb_mixed (id BIGINT AUTO_INCREMENT PRIMARY KEY, client INT NOT NULL, "
+                  "k INT NOT NULL, v BIGINT NOT NULL, UNIQUE KEY (client, k)) ENGINE=InnoDB",
+                  database="demo")
+    start = threading.Barrier(CLIENTS)
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        futures = {c: pool.submit(_mixed_workload, rb_proxy, c, start) for c in range(CLIENTS)}
+        failures = {}
+        expected = {}
+        for c, f in futures.items():
+            try:
+                expected[c] = f.result(timeout=150)
+            except Exception as exc:  # noqa: BLE001 - all failures reported together
+                failures[c] = exc
+    assert not failures, f"{len(failures)} clients failed, e.g. {list(failures.items())[:3]!r}"
+    assert rb_proxy.alive()
+
+    want = sorted((c, k, v) for c, model in expected.items() for k, v in model.items())
+    assert len(want) > CLIENTS * 5
+    # What the backend holds is exactly what the clients committed.
+    got = admin_rows(sandbox, "ds_0", "SELECT client, k, v FROM rb_mixed ORDER BY client, k", database="demo")
+    assert [tuple(r) for r in got] == want
+    # And the proxy reads the same.
+    with rb_proxy.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT client, k, v FROM rb_mixed ORDER BY client, k")
+        assert [tuple(r) for r in cur.fetchall()] == want
+    assert_no_tracebacks(rb_proxy)
