@@ -66,6 +66,27 @@ class ReplicaConfig:
     weight: int = 1
 
 
+LOAD_BALANCERS = ("ROUND_ROBIN", "RANDOM", "WEIGHT")
+READ_YOUR_WRITES_MODES = ("none", "window", "gtid")
+
+
+@dataclass(frozen=True)
+class ReadWriteConfig:
+    """How reads of a data source with replicas are spread, and when they must not be."""
+    load_balancer: str = "ROUND_ROBIN"
+    # Where reads inside an explicit transaction go: "primary" or "replica".
+    transaction_reads: str = "primary"
+    # After a session writes: "window" reads from the primary for window_s; "gtid" waits
+    # (MASTER_GTID_WAIT) until the chosen replica has the write, else reads the primary.
+    read_your_writes: str = "window"
+    window_s: float = 2.0
+    gtid_wait_timeout_s: float = 0.5
+    max_replication_lag_s: float = 5.0
+    health_check_interval_s: float = 1.0
+    # With no usable replica: read from the primary (True) or fail the read (False).
+    fallback_to_primary: bool = True
+
+
 @dataclass(frozen=True)
 class DataSourceConfig:
     name: str
@@ -76,6 +97,7 @@ class DataSourceConfig:
     database: str
     pool: PoolConfig = field(default_factory=PoolConfig)
     replicas: tuple[ReplicaConfig, ...] = ()
+    read_write: ReadWriteConfig = field(default_factory=ReadWriteConfig)
 
 
 @dataclass(frozen=True)
@@ -222,6 +244,36 @@ def _parse_pool(raw: Any, path: str) -> PoolConfig:
     )
 
 
+def _choice(section: dict[str, Any], key: str, path: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _str(section, key, path, default)
+    normalised = value.upper() if choices[0].isupper() else value.lower()
+    if normalised not in choices:
+        raise ConfigError(f"{path}.{key}", f"expected one of {list(choices)}, got {value!r}")
+    return normalised
+
+
+def _parse_read_write(raw: Any, path: str) -> ReadWriteConfig:
+    section = _mapping(raw, path)
+    _reject_unknown(section, {"load_balancer", "transaction_reads", "read_your_writes", "window_s",
+                              "gtid_wait_timeout_s", "max_replication_lag_s", "health_check_interval_s",
+                              "fallback_to_primary"}, path)
+    d = ReadWriteConfig()
+    fallback = section.get("fallback_to_primary", d.fallback_to_primary)
+    if not isinstance(fallback, bool):
+        raise ConfigError(f"{path}.fallback_to_primary", f"expected true or false, got {fallback!r}")
+    return ReadWriteConfig(
+        load_balancer=_choice(section, "load_balancer", path, d.load_balancer, LOAD_BALANCERS),
+        transaction_reads=_choice(section, "transaction_reads", path, d.transaction_reads, ("primary", "replica")),
+        read_your_writes=_choice(section, "read_your_writes", path, d.read_your_writes, READ_YOUR_WRITES_MODES),
+        window_s=_float(section, "window_s", path, d.window_s),
+        gtid_wait_timeout_s=_float(section, "gtid_wait_timeout_s", path, d.gtid_wait_timeout_s),
+        max_replication_lag_s=_float(section, "max_replication_lag_s", path, d.max_replication_lag_s),
+        health_check_interval_s=max(0.1, _float(section, "health_check_interval_s", path,
+                                                d.health_check_interval_s)),
+        fallback_to_primary=fallback,
+    )
+
+
 def _parse_data_sources(raw: Any) -> dict[str, DataSourceConfig]:
     section = _mapping(raw, "data_sources")
     if not section:
@@ -230,7 +282,8 @@ def _parse_data_sources(raw: Any) -> dict[str, DataSourceConfig]:
     for name, item in section.items():
         path = f"data_sources.{name}"
         ds = _mapping(item, path)
-        _reject_unknown(ds, {"host", "port", "user", "password", "database", "pool", "replicas"}, path)
+        _reject_unknown(ds, {"host", "port", "user", "password", "database", "pool", "replicas", "read_write"},
+                        path)
         replicas = []
         for i, rep in enumerate(ds.get("replicas") or []):
             rpath = f"{path}.replicas[{i}]"
@@ -251,6 +304,7 @@ def _parse_data_sources(raw: Any) -> dict[str, DataSourceConfig]:
             database=_str(ds, "database", path),
             pool=_parse_pool(ds.get("pool"), f"{path}.pool"),
             replicas=tuple(replicas),
+            read_write=_parse_read_write(ds.get("read_write"), f"{path}.read_write"),
         )
     return result
 

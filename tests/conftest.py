@@ -99,6 +99,10 @@ def sandbox_config(sandbox: sandbox_mod.Sandbox, tmp_path_factory: pytest.TempPa
     sandbox_mod.write_config(sandbox.info(), path, listen_port=free_port())
     config = yaml.safe_load(path.read_text())
     config["users"].append({"name": "limited", "password": "limited-pw", "databases": ["demo"]})
+    # Reads stay on primaries here, so a write is visible to the next read from any
+    # connection; read/write splitting is tested with its own proxy (test_read_write.py).
+    for ds in config["data_sources"].values():
+        ds.pop("replicas", None)
     config["databases"]["other"] = {"data_source": "ds_1"}
     return config
 

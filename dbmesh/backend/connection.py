@@ -108,6 +108,7 @@ class BackendConnection:
         self.thread_id = 0
         self.server_version = ""
         self.broken = False
+        self.response_started = False  # relay wrote part of a response to the client
         self.last_used = time.monotonic()
         # Session state as applied on this connection (compared with the session's on borrow).
         self.database: str | None = None
@@ -205,6 +206,7 @@ class BackendConnection:
         """Send a command and copy its whole response to ``sink`` as it arrives."""
         self.last_used = time.monotonic()
         scanner = ResponseScanner(kind, self.deprecate_eof)
+        self.response_started = False
         try:
             self.send(payload)
             read = self.reader.read
@@ -213,10 +215,15 @@ class BackendConnection:
                 if not data:
                     raise ConnectionClosed("backend closed the connection")
                 used = scanner.feed(data)
-                if sink is not None:
+                # A client gone mid-response: read the rest and drop it, so this connection
+                # stays usable (uvloop raises on writes to a closed transport).
+                if sink is not None and not sink.transport.is_closing():
                     sink.write(data if used == len(data) else data[:used])
                     if sink.transport.get_write_buffer_size() > 1 << 20:
-                        await sink.drain()
+                        try:
+                            await sink.drain()
+                        except (ConnectionError, OSError):
+                            pass  # the client's fault, not the backend's
         except (ConnectionError, OSError, MalformedPacket):
             self.broken = True
             raise
@@ -224,7 +231,7 @@ class BackendConnection:
             # Cancelled mid-response: the stream position is unknown, never reuse it.
             self.broken = True
             raise
-        self._track(scanner.status)
+        self._track(scanner)
         return scanner
 
     async def collect(self, payload: bytes | memoryview, kind: ResponseKind) -> tuple[list[bytes], ResponseScanner]:
@@ -243,11 +250,12 @@ class BackendConnection:
         except BaseException:
             self.broken = True
             raise
-        self._track(scanner.status)
+        self._track(scanner)
         return split_payloads(b"".join(chunks)), scanner
 
-    def _track(self, status: int) -> None:
-        if status:
+    def _track(self, scanner: ResponseScanner) -> None:
+        if scanner.status_seen:
+            status = scanner.status
             self.in_transaction = bool(status & ServerStatus.IN_TRANS)
             self.autocommit = bool(status & ServerStatus.AUTOCOMMIT)
 

@@ -9,6 +9,7 @@ import ssl
 
 from ..backend.connection import BackendConnection, BackendError
 from ..backend.pool import Endpoint, Pool
+from ..backend.replicas import ReplicaSet
 from ..config import Config
 from ..protocol.constants import SERVER_CAPABILITIES, Capability
 from .session import Session
@@ -30,6 +31,7 @@ class Server:
     def __init__(self, config: Config):
         self.config = config
         self.pools = pools_for(config)
+        self.replica_sets = {name: ReplicaSet(ds) for name, ds in config.data_sources.items() if ds.replicas}
         self.sessions: set[Session] = set()
         self._ids = itertools.count(1)
         self.ssl_context: ssl.SSLContext | None = None
@@ -53,6 +55,8 @@ class Server:
         self._server = await asyncio.start_server(self._accept, listen.host, listen.port,
                                                   reuse_address=True, backlog=1024)
         self._sweeper = asyncio.create_task(self._sweep_idle())
+        for replica_set in self.replica_sets.values():
+            replica_set.start()
         log.info("listening on %s:%d as %s", listen.host, self.port, self.server_version)
 
     async def _learn_server_version(self) -> None:
@@ -79,8 +83,14 @@ class Server:
     async def _sweep_idle(self) -> None:
         while True:
             await asyncio.sleep(_IDLE_SWEEP_S)
-            for pool in self.pools.values():
+            for pool in self.all_pools():
                 pool.close_idle_older_than(pool.config.idle_timeout_s)
+
+    def all_pools(self) -> list[Pool]:
+        pools = list(self.pools.values())
+        for replica_set in self.replica_sets.values():
+            pools.extend(r.pool for r in replica_set.replicas)
+        return pools
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -96,3 +106,5 @@ class Server:
             session.writer.close()
         for pool in self.pools.values():
             pool.close()
+        for replica_set in self.replica_sets.values():
+            replica_set.close()

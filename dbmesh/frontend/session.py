@@ -31,6 +31,7 @@ from ..protocol.packets import (
 )
 from ..protocol.scanner import ResponseKind, ResponseScanner
 from . import handshake
+from .read_split import ReadSplitting
 from .sharded import ShardedExecutor
 from .statement import Kind, classify
 
@@ -89,11 +90,18 @@ class Session:
         self.next_stmt_id = 1
         self.scramble = b""
         self.sharded = ShardedExecutor(self)
+        # Read/write splitting: "auto", "primary", "replica" or a replica's name (SET dbmesh_route).
+        self.route_setting = "auto"
+        self.read_splitting = ReadSplitting(self)
+        self.last_write_at: dict[str, float] = {}   # data source -> when this session last wrote
+        self.last_gtid: dict[str, str] = {}         # data source -> GTID of that write
 
     # -- output ----------------------------------------------------------------------------
 
     def send(self, *payloads: bytes) -> None:
         """Write response payloads continuing the sequence of the current command."""
+        if self.writer.transport.is_closing():
+            return  # the client is gone (uvloop raises on such writes); the next read notices
         seq = self.packets.seq + 1
         out = []
         for payload in payloads:
@@ -311,7 +319,7 @@ class Session:
         pool.release(conn)
 
     def _after_response(self, conn: BackendConnection, scanner: ResponseScanner) -> None:
-        if scanner.status:
+        if scanner.status_seen:
             self.autocommit = bool(scanner.status & ServerStatus.AUTOCOMMIT)
         if scanner.last_insert_id:
             self.keep_for_statements = self.config.auto_increment_delay_multiplex
@@ -400,13 +408,27 @@ class Session:
             else:
                 await self.sharded.query(sql.decode("utf-8", "surrogateescape"))
             return
+        if statement.session_set and statement.session_set[0] == "dbmesh_route":
+            self._set_route(statement.session_set[1])
+            return
         if statement.pin_reason:
             self.pin_reasons.add(statement.pin_reason)
+        if statement.read_only and await self.read_splitting.try_replica(payload, statement):
+            return
         scanner = await self.relay(payload, ResponseKind.RESULT)
+        if scanner is not None and scanner.error is None and statement.writes:
+            await self.read_splitting.wrote()
         if scanner is not None and scanner.error is None and statement.session_set:
             self._record_var(*statement.session_set)
             if self.held is not None:
                 self.held.session_vars = self.vars_signature
+
+    def _set_route(self, statement: str) -> None:
+        value = statement.split("=", 1)[1].strip().strip("'\"`").strip()
+        if not value:
+            raise ProxyError(1231, "42000", "dbmesh_route must be 'auto', 'primary', 'replica' or a replica name")
+        self.route_setting = value if value.lower() not in ("auto", "primary", "replica") else value.lower()
+        self.send_ok()
 
     def _is_sharded(self) -> bool:
         ldb = self.config.databases.get(self.database) if self.database else None

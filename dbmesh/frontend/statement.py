@@ -32,9 +32,17 @@ class Statement:
     session_set: tuple[str, str] | None = None
     # why the session must keep its backend connection from now on (None: it need not)
     pin_reason: str | None = None
+    # a plain read a replica may serve (SELECT without locking clauses)
+    read_only: bool = False
+    # changes data: reads that follow it must see it (read-your-writes)
+    writes: bool = False
+    # a /* dbmesh:primary */ or /* dbmesh:replica=NAME */ hint in the statement
+    route_hint: str | None = None
 
 
 PASS = Statement(Kind.PASS)
+READ = Statement(Kind.PASS, read_only=True)
+WRITE = Statement(Kind.PASS, writes=True)
 
 _LEADING = re.compile(rb"(?:\s+|/\*(?!!).*?\*/|(?:--\s|#)[^\n]*(?:\n|$))*", re.S)
 _WORD = re.compile(rb"[A-Za-z_]+")
@@ -47,6 +55,10 @@ _PINNING_PATTERNS = (
     (re.compile(rb"^\s*(?:PREPARE|EXECUTE|DEALLOCATE)\s", re.I), "SQL-level prepared statement"),
     (re.compile(rb"^\s*HANDLER\s", re.I), "HANDLER"),
 )
+_LOCKING_READ = re.compile(rb"\bFOR\s+UPDATE\b|\bLOCK\s+IN\s+SHARE\s+MODE\b|\bINTO\s+(?:OUT|DUMP)FILE\b", re.I)
+_ROUTE_HINT = re.compile(rb"/\*\+?\s*dbmesh:(primary|replica)(?:=([\w.-]+))?\s*\*/", re.I)
+_WRITE_KEYWORDS = {b"INSERT", b"UPDATE", b"DELETE", b"REPLACE", b"CREATE", b"ALTER", b"DROP", b"TRUNCATE",
+                   b"RENAME", b"CALL", b"LOAD", b"COMMIT", b"GRANT", b"REVOKE"}
 _USE = re.compile(rb"USE\s+(`(?:[^`]|``)+`|[^\s;`]+)\s*;?\s*$", re.I | re.S)
 _SHOW_DATABASES = re.compile(rb"SHOW\s+(?:DATABASES|SCHEMAS)\s*;?\s*$", re.I)
 _SELECT_DATABASE = re.compile(rb"SELECT\s+(?:DATABASE|SCHEMA)\s*\(\s*\)\s*;?\s*$", re.I)
@@ -68,6 +80,17 @@ def leading_keyword(sql: bytes, start: int = 0) -> tuple[bytes, int]:
 
 
 def classify(sql: bytes) -> Statement:
+    statement = _classify(sql)
+    if b"dbmesh:" in sql:
+        hint = _ROUTE_HINT.search(sql)
+        if hint:
+            target = hint.group(2).decode() if hint.group(2) else hint.group(1).decode().lower()
+            return Statement(statement.kind, statement.database, statement.session_set, statement.pin_reason,
+                             statement.read_only, statement.writes, target)
+    return statement
+
+
+def _classify(sql: bytes) -> Statement:
     keyword, pos = leading_keyword(sql)
     if b"/*!" in sql:
         # Versioned comments hide executable SQL (mysqldump's SET @OLD_...); be conservative.
@@ -78,7 +101,10 @@ def classify(sql: bytes) -> Statement:
     if keyword == b"SELECT":
         if _SELECT_DATABASE.match(body):
             return Statement(Kind.SELECT_DATABASE)
-        return _pinning(sql) or PASS
+        pinning = _pinning(sql)
+        if pinning:
+            return pinning
+        return PASS if _LOCKING_READ.search(body) else READ
     if keyword == b"USE":
         m = _USE.match(body)
         if m:
@@ -93,7 +119,7 @@ def classify(sql: bytes) -> Statement:
         return Statement(Kind.SHOW_DATABASES)
     if keyword == b"SET":
         return _classify_set(body)
-    return _pinning(sql) or PASS
+    return _pinning(sql) or (WRITE if keyword in _WRITE_KEYWORDS else PASS)
 
 
 def _pinning(sql: bytes) -> Statement | None:

@@ -1,0 +1,169 @@
+"""Read/write splitting over real MariaDB replication: routing, read-your-writes, health."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+
+import pymysql
+import pytest
+import yaml
+
+from conftest import start_proxy, stop_proxy
+from dbmesh import sandbox as sandbox_mod
+
+REPLICA = "ds_0_replica_0"
+
+
+@pytest.fixture(scope="module")
+def server_ids(sandbox):
+    ids = {}
+    for name in ("ds_0", REPLICA):
+        with sandbox.admin_connect(name) as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@server_id")
+            ids[name] = cur.fetchone()[0]
+    return ids
+
+
+@pytest.fixture(scope="module")
+def rw_proxy(sandbox, tmp_path_factory):
+    path = tmp_path_factory.mktemp("rw") / "rw.yaml"
+    sandbox_mod.write_config(sandbox.info(), path, listen_port=0)
+    config = yaml.safe_load(path.read_text())
+    config["data_sources"]["demo_ds"]["read_write"] = {
+        "health_check_interval_s": 0.2, "window_s": 1.0, "max_replication_lag_s": 2}
+    gtid = copy.deepcopy(config["data_sources"]["demo_ds"])
+    gtid["read_write"] = {"health_check_interval_s": 0.2, "read_your_writes": "gtid"}
+    config["data_sources"]["demo_gtid"] = gtid
+    config["databases"]["demo_gtid"] = {"data_source": "demo_gtid"}
+    proxy = start_proxy(config, path.parent)
+    with proxy.connect() as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS rw_items (id INT PRIMARY KEY, v INT)")
+        cur.execute("REPLACE INTO rw_items VALUES (1, 1)")
+    sandbox.sync_replicas()
+    wait_until(lambda: server_id_of(proxy) is not None)
+    try:
+        yield proxy
+    finally:
+        stop_proxy(proxy)
+
+
+def wait_until(condition, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def server_id_of(proxy, sql="SELECT @@server_id", database="demo"):
+    with proxy.connect(database=database) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchone()[0]
+
+
+def test_routing_rules(rw_proxy, server_ids):
+    primary, replica = server_ids["ds_0"], server_ids[REPLICA]
+    wait_until(lambda: server_id_of(rw_proxy) == replica)
+    assert server_id_of(rw_proxy, "SELECT @@server_id FROM rw_items LIMIT 1 FOR UPDATE") == primary
+    assert server_id_of(rw_proxy, "SELECT @@server_id FROM rw_items LIMIT 1 LOCK IN SHARE MODE") == primary
+    assert server_id_of(rw_proxy, "SELECT /* dbmesh:primary */ @@server_id") == primary
+    assert server_id_of(rw_proxy, f"SELECT /* dbmesh:replica={REPLICA} */ @@server_id") == replica
+    with rw_proxy.connect() as conn, conn.cursor() as cur:
+        cur.execute("SET dbmesh_route = 'primary'")
+        cur.execute("SELECT @@server_id")
+        assert cur.fetchone()[0] == primary
+        cur.execute("SET dbmesh_route = 'auto'")
+        cur.execute("SELECT @@server_id")
+        assert cur.fetchone()[0] == replica
+        cur.execute("UPDATE rw_items SET v = v + 1 WHERE id = 1")
+        cur.execute("SELECT @@server_id, v FROM rw_items WHERE id = 1")
+        sid, _ = cur.fetchone()
+        assert sid == primary, "read-your-writes window keeps reads on the primary after a write"
+    with rw_proxy.connect() as conn, conn.cursor() as cur:
+        conn.begin()
+        cur.execute("SELECT @@server_id")
+        assert cur.fetchone()[0] == primary, "reads inside a transaction go to the primary"
+        conn.commit()
+
+
+def test_read_your_writes_by_gtid(rw_proxy, sandbox):
+    with rw_proxy.connect(database="demo_gtid") as conn, conn.cursor() as cur:
+        for value in range(20):
+            cur.execute("UPDATE rw_items SET v = %s WHERE id = 1", (value,))
+            cur.execute("SELECT v FROM rw_items WHERE id = 1")
+            assert cur.fetchone()[0] == value
+
+
+def test_replica_down_and_back(rw_proxy, sandbox, server_ids):
+    replica = server_ids[REPLICA]
+    errors: list[Exception] = []
+    reads = 0
+    stop = threading.Event()
+    measuring = threading.Event()
+    lock = threading.Lock()
+
+    def reader():
+        nonlocal reads
+        conn = rw_proxy.connect()
+        try:
+            with conn.cursor() as cur:
+                while not stop.is_set():
+                    try:
+                        cur.execute("SELECT v FROM rw_items WHERE id = 1")
+                        assert cur.fetchone() is not None
+                        with lock:
+                            reads += 1
+                    except Exception as exc:  # noqa: BLE001 - counted and reported
+                        if measuring.is_set():
+                            errors.append(exc)
+                        conn.close()
+                        conn = rw_proxy.connect()
+                        cur = conn.cursor()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=reader) for _ in range(50)]
+    for t in threads:
+        t.start()
+    try:
+        sandbox.stop_instance(REPLICA)
+        time.sleep(1.0)  # detection interval (0.2 s probes) with margin
+        measuring.set()
+        before = reads
+        time.sleep(2.0)
+        assert reads > before, "reads keep being served from the primary"
+        assert not errors, f"reads failed after detection: {errors[:3]}"
+        sandbox.start_instance(REPLICA)
+        sandbox.sync_replicas()
+        wait_until(lambda: server_id_of(rw_proxy) == replica)
+        assert not errors
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+
+def test_lagging_replica_is_excluded(rw_proxy, sandbox, server_ids):
+    primary = server_ids["ds_0"]
+    sandbox.stop_replication(REPLICA)
+    try:
+        with rw_proxy.connect() as conn, conn.cursor() as cur:
+            cur.execute("UPDATE rw_items SET v = 1000 WHERE id = 1")
+        wait_until(lambda: server_id_of(rw_proxy) == primary)
+        time.sleep(1.2)  # past the read-your-writes window of any earlier write
+        with rw_proxy.connect() as conn, conn.cursor() as cur:
+            for _ in range(20):
+                cur.execute("SELECT @@server_id, v FROM rw_items WHERE id = 1")
+                assert cur.fetchone() == (primary, 1000), "a stopped replica's stale data is never read"
+    finally:
+        sandbox.start_replication(REPLICA)
+        sandbox.sync_replicas()
+
+
+def test_dead_replica_hint_falls_back(rw_proxy, server_ids):
+    with pytest.raises(pymysql.err.OperationalError) as info:
+        server_id_of(rw_proxy, "SELECT /* dbmesh:replica=nope */ @@server_id")
+    assert "no replica named 'nope'" in str(info.value)
