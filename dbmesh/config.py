@@ -38,6 +38,12 @@ class ListenConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: no metrics endpoint
+
+
+@dataclass(frozen=True)
 class UserConfig:
     name: str
     password: str
@@ -120,6 +126,7 @@ class Config:
     # After a statement that generated an AUTO_INCREMENT id, keep the same backend
     # connection for this many statements so LAST_INSERT_ID() sees it.
     auto_increment_delay_multiplex: int = 5
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source_path: str | None = None
 
     def data_source_for(self, database: str | None) -> DataSourceConfig:
@@ -351,7 +358,11 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
     base_dir = base_dir or Path.cwd()
     top = _mapping(raw, "")
     _reject_unknown(top, {"listen", "users", "data_sources", "databases", "default_data_source",
-                          "auto_increment_delay_multiplex"}, "(top level)")
+                          "auto_increment_delay_multiplex", "metrics"}, "(top level)")
+    metrics_section = _mapping(top.get("metrics"), "metrics")
+    _reject_unknown(metrics_section, {"host", "port"}, "metrics")
+    metrics = MetricsConfig(host=_str(metrics_section, "host", "metrics", "127.0.0.1"),
+                            port=_int(metrics_section, "port", "metrics", 0, 0, 65535))
     data_sources = _parse_data_sources(top.get("data_sources"))
     databases = _parse_databases(top.get("databases"), data_sources)
     users = _parse_users(top.get("users"))
@@ -371,6 +382,7 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
         databases=databases,
         default_data_source=default_ds,
         auto_increment_delay_multiplex=_int(top, "auto_increment_delay_multiplex", "(top level)", 5, 0, 1000),
+        metrics=metrics,
         source_path=source_path,
     )
 

@@ -10,7 +10,7 @@ import pymysql
 import pytest
 import yaml
 
-from conftest import start_proxy, stop_proxy
+from conftest import free_port, start_proxy, stop_proxy
 from dbmesh import sandbox as sandbox_mod
 
 REPLICA = "ds_0_replica_0"
@@ -37,6 +37,7 @@ def rw_proxy(sandbox, tmp_path_factory):
     gtid["read_write"] = {"health_check_interval_s": 0.2, "read_your_writes": "gtid"}
     config["data_sources"]["demo_gtid"] = gtid
     config["databases"]["demo_gtid"] = {"data_source": "demo_gtid"}
+    config["metrics"] = {"host": "127.0.0.1", "port": free_port()}
     proxy = start_proxy(config, path.parent)
     with proxy.connect() as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS rw_items (id INT PRIMARY KEY, v INT)")
@@ -167,3 +168,25 @@ def test_dead_replica_hint_falls_back(rw_proxy, server_ids):
     with pytest.raises(pymysql.err.OperationalError) as info:
         server_id_of(rw_proxy, "SELECT /* dbmesh:replica=nope */ @@server_id")
     assert "no replica named 'nope'" in str(info.value)
+
+
+def test_metrics_per_data_source_and_role(rw_proxy):
+    import re
+    import urllib.request
+
+    config = yaml.safe_load(rw_proxy.config_path.read_text())
+    server_id_of(rw_proxy, "SELECT /* dbmesh:primary */ 1")
+    server_id_of(rw_proxy, f"SELECT /* dbmesh:replica={REPLICA} */ 1")
+    url = f"http://127.0.0.1:{config['metrics']['port']}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+
+    def value(pattern: str) -> float:
+        m = re.search(pattern + r" ([0-9.e+-]+)", text)
+        assert m, f"{pattern} not in metrics"
+        return float(m.group(1))
+
+    assert value(r'dbmesh_backend_statements_total\{data_source="demo_ds",role="primary"\}') > 0
+    assert value(rf'dbmesh_backend_statements_total\{{data_source="demo_ds",role="{REPLICA}"\}}') > 0
+    assert value(rf'dbmesh_replica_healthy\{{data_source="demo_ds",replica="{REPLICA}"\}}') == 1
+    assert value(rf'dbmesh_replica_lag_seconds\{{data_source="demo_ds",replica="{REPLICA}"\}}') >= 0
+    assert value("dbmesh_client_sessions") >= 0

@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from .. import metrics
 from ..protocol.auth import CACHING_SHA2_PLUGIN, NATIVE_PLUGIN, caching_sha2_response, native_response
 from ..protocol.constants import (
     COLLATION_UTF8MB4_GENERAL_CI,
@@ -96,8 +97,12 @@ def split_payloads(raw: bytes) -> list[bytes]:
 class BackendConnection:
     """One connection to a backend server, owned by a pool or held by a session."""
 
-    def __init__(self, data_source: str, host: str, port: int, capabilities: int):
+    def __init__(self, data_source: str, host: str, port: int, capabilities: int, role: str = "primary"):
         self.data_source = data_source
+        self.role = role
+        # Counter children resolved once: counting a statement is one increment.
+        self._count_statement = metrics.BACKEND_STATEMENTS.labels(data_source, role).inc
+        self._count_error = metrics.BACKEND_ERRORS.labels(data_source, role).inc
         self.host = host
         self.port = port
         self.capabilities = capabilities | BASE_CAPABILITIES
@@ -205,6 +210,7 @@ class BackendConnection:
                     sink: asyncio.StreamWriter | None) -> ResponseScanner:
         """Send a command and copy its whole response to ``sink`` as it arrives."""
         self.last_used = time.monotonic()
+        self._count_statement()
         scanner = ResponseScanner(kind, self.deprecate_eof)
         self.response_started = False
         try:
@@ -226,6 +232,7 @@ class BackendConnection:
                             pass  # the client's fault, not the backend's
         except (ConnectionError, OSError, MalformedPacket):
             self.broken = True
+            self._count_error()
             raise
         except BaseException:
             # Cancelled mid-response: the stream position is unknown, never reuse it.
@@ -237,6 +244,7 @@ class BackendConnection:
     async def collect(self, payload: bytes | memoryview, kind: ResponseKind) -> tuple[list[bytes], ResponseScanner]:
         """Send a command and return its whole response as payloads."""
         self.last_used = time.monotonic()
+        self._count_statement()
         scanner = ResponseScanner(kind, self.deprecate_eof)
         chunks: list[bytes] = []
         try:

@@ -31,6 +31,7 @@ class Endpoint:
     user: str
     password: str
     database: str
+    role: str = "primary"   # or the replica's name
 
     @property
     def address(self) -> str:
@@ -129,7 +130,7 @@ class Pool:
     async def _open(self, caps_key: int) -> BackendConnection:
         self._size += 1
         ep = self.endpoint
-        conn = BackendConnection(ep.data_source, ep.host, ep.port, caps_key)
+        conn = BackendConnection(ep.data_source, ep.host, ep.port, caps_key, role=ep.role)
         conn.pool_key = caps_key & RESULT_SHAPING_CAPABILITIES
         try:
             await conn.connect(ep.user, ep.password, ep.database, self.config.connect_timeout_s)

@@ -13,6 +13,7 @@ import logging
 import random
 from dataclasses import dataclass
 
+from .. import metrics
 from ..config import DataSourceConfig, ReadWriteConfig
 from .connection import BackendConnection, BackendError
 from .pool import Endpoint, Pool
@@ -36,7 +37,8 @@ class ReplicaSet:
         self.config: ReadWriteConfig = ds.read_write
         self.replicas = [
             Replica(r.name, r.weight,
-                    Pool(Endpoint(ds.name, r.host, r.port, ds.user, ds.password, ds.database), ds.pool))
+                    Pool(Endpoint(ds.name, r.host, r.port, ds.user, ds.password, ds.database, role=r.name),
+                         ds.pool))
             for r in ds.replicas
         ]
         self._ds = ds
@@ -118,6 +120,8 @@ class ReplicaSet:
             log.info("data source %s replica %s %s (%s)", self.data_source, replica.name,
                      "back in rotation" if healthy else "out of rotation", reason)
         replica.healthy, replica.lag_s, replica.reason = healthy, lag, reason
+        metrics.REPLICA_HEALTHY.labels(self.data_source, replica.name).set(1 if healthy else 0)
+        metrics.REPLICA_LAG.labels(self.data_source, replica.name).set(-1 if lag is None else lag)
         if not healthy:
             replica.pool.close_idle_older_than(-1)
 

@@ -7,6 +7,7 @@ import itertools
 import logging
 import ssl
 
+from .. import metrics
 from ..backend.connection import BackendConnection, BackendError
 from ..backend.pool import Endpoint, Pool
 from ..backend.replicas import ReplicaSet
@@ -57,6 +58,9 @@ class Server:
         self._sweeper = asyncio.create_task(self._sweep_idle())
         for replica_set in self.replica_sets.values():
             replica_set.start()
+        if self.config.metrics.port:
+            metrics.serve(self.config.metrics.host, self.config.metrics.port)
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.config.metrics.port)
         log.info("listening on %s:%d as %s", listen.host, self.port, self.server_version)
 
     async def _learn_server_version(self) -> None:
@@ -75,16 +79,19 @@ class Server:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, reader, writer, next(self._ids))
         self.sessions.add(session)
+        metrics.CLIENT_SESSIONS.set(len(self.sessions))
         await session.run()
 
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
+        metrics.CLIENT_SESSIONS.set(len(self.sessions))
 
     async def _sweep_idle(self) -> None:
         while True:
             await asyncio.sleep(_IDLE_SWEEP_S)
             for pool in self.all_pools():
                 pool.close_idle_older_than(pool.config.idle_timeout_s)
+                metrics.POOL_CONNECTIONS.labels(pool.endpoint.data_source, pool.endpoint.role).set(pool.size)
 
     def all_pools(self) -> list[Pool]:
         pools = list(self.pools.values())
