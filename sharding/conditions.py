@@ -55,16 +55,38 @@ def is_constant(value: Any) -> bool:
     return value is not _NOT_CONSTANT
 
 
+PLACEHOLDER_PREFIX = "dbmeshp"
+
+
+def number_placeholders(sql: str, dialect: str = "mysql") -> str:
+    """Name each `?` by its position (``:dbmeshp0``, ...) so the parsed tree keeps the order
+    of the statement text (sqlglot reorders e.g. ``LIMIT ?, ?`` into LIMIT/OFFSET)."""
+    import sqlglot
+    from sqlglot.tokens import TokenType
+
+    if "?" not in sql:
+        return sql
+    marks = [t.start for t in sqlglot.tokenize(sql, read=dialect) if t.token_type == TokenType.PLACEHOLDER]
+    for index in reversed(range(len(marks))):
+        pos = marks[index]
+        sql = f"{sql[:pos]}:{PLACEHOLDER_PREFIX}{index}{sql[pos + 1:]}"
+    return sql
+
+
 def placeholder_positions(tree: exp.Expression) -> dict[int, int]:
-    """Map each `?` placeholder node (by id) to its position in the statement text."""
-    placeholders = [n for n in tree.walk(bfs=False) if isinstance(n, exp.Placeholder)]
-    placeholders.sort(key=_source_position)
-    return {id(p): i for i, p in enumerate(placeholders)}
-
-
-def _source_position(node: exp.Expression) -> tuple[int, int]:
-    meta = node.meta if hasattr(node, "meta") else {}
-    return (meta.get("line", 0), meta.get("col", 0))
+    """Map each placeholder node (by id) to its position among the statement's parameters."""
+    positions = {}
+    anonymous = 0
+    for node in tree.walk(bfs=False):
+        if not isinstance(node, exp.Placeholder):
+            continue
+        name = node.name
+        if name.startswith(PLACEHOLDER_PREFIX) and name[len(PLACEHOLDER_PREFIX):].isdigit():
+            positions[id(node)] = int(name[len(PLACEHOLDER_PREFIX):])
+        else:
+            positions[id(node)] = anonymous
+            anonymous += 1
+    return positions
 
 
 def extract(where: exp.Expression | None, is_sharding_column: Callable[[exp.Column], str | None],

@@ -379,10 +379,11 @@ class _AvgAcc(_Acc):
             self.count += int(c)
 
     def write(self, out: list[Any]) -> None:
-        out[self.agg.index] = _mysql_avg(self.total, self.count, self.scale)
-        # Keep the derived columns consistent for HAVING/ORDER BY on them.
+        # Keep the derived columns consistent for HAVING/ORDER BY on them; the average goes
+        # last because the router may reuse the AVG column itself for the SUM.
         out[self.agg.sum_index] = self.total  # type: ignore[index]
         out[self.agg.count_index] = self.count  # type: ignore[index]
+        out[self.agg.index] = _mysql_avg(self.total, self.count, self.scale)
 
 
 class _DistinctAcc(_Acc):

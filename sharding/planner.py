@@ -507,3 +507,64 @@ def _plan_ddl(tree: exp.Expression, rules: ShardingRuleSet, logical_db: str) -> 
         sql = _sql(_rename(tree, {}, logical_db))
         return Plan("ddl", [RouteUnit(ds, sql) for ds in rules.data_sources], write=True, broadcast=True)
     return Plan("ddl", [RouteUnit(rules.default_data_source, _sql(_rename(tree, {}, logical_db)))], write=True)
+
+
+# ---------------------------------------------------------------------------------------
+# For prepared statements
+
+
+def first_node_sql(tree: exp.Expression, rules: ShardingRuleSet, logical_db: str) -> tuple[str, str]:
+    """(data source, SQL) with every logical table renamed to its first actual table: what a
+    server-side PREPARE needs to describe the statement's parameters and columns."""
+    mapping: dict[str, str] = {}
+    data_source = None
+    for ref in _table_refs(tree, logical_db):
+        node = rules.data_nodes(ref.name)[0]
+        if rules.is_sharded(ref.name):
+            mapping[ref.name] = node.table
+            data_source = data_source or node.data_source
+    described = _rename(tree, mapping, logical_db)
+    for node in [n for n in described.walk() if isinstance(n, exp.Placeholder)]:
+        node.replace(exp.Placeholder())  # the backend knows only anonymous `?`
+    return data_source or rules.default_data_source, _sql(described)
+
+
+def bind_parameters(tree: exp.Expression, values: Sequence[Any]) -> exp.Expression:
+    """A copy of ``tree`` with each `?` replaced by the literal of its bound value."""
+    copy = tree.copy()
+    positions = conditions.placeholder_positions(copy)
+    for node in [n for n in copy.walk() if isinstance(n, exp.Placeholder)]:
+        index = positions[id(node)]
+        if index >= len(values):
+            raise ShardingError(f"statement has more parameters than the {len(values)} bound")
+        node.replace(_literal(values[index]))
+    return copy
+
+
+def _literal(value: Any) -> exp.Expression:
+    import datetime as dt
+    from decimal import Decimal
+
+    if value is None:
+        return exp.Null()
+    if isinstance(value, bool):
+        return exp.Literal.number(int(value))
+    if isinstance(value, int):
+        return exp.Literal.number(value)
+    if isinstance(value, Decimal):
+        return exp.Literal.number(format(value, "f"))
+    if isinstance(value, float):
+        return exp.Literal.number(repr(value))
+    if isinstance(value, bytes):
+        return exp.HexString(this=value.hex())
+    if isinstance(value, dt.datetime):
+        return exp.Literal.string(value.isoformat(" "))
+    if isinstance(value, dt.date):
+        return exp.Literal.string(value.isoformat())
+    if isinstance(value, dt.timedelta):
+        total = abs(value)
+        hours, rest = divmod(total.days * 86400 + total.seconds, 3600)
+        minutes, seconds = divmod(rest, 60)
+        sign = "-" if value < dt.timedelta(0) else ""
+        return exp.Literal.string(f"{sign}{hours:02d}:{minutes:02d}:{seconds:02d}.{total.microseconds:06d}")
+    return exp.Literal.string(str(value))

@@ -30,10 +30,10 @@ from ..protocol.packets import (
     result_set_payloads,
 )
 from ..protocol.scanner import ResponseKind, ResponseScanner
-from . import handshake
+from . import handshake, sharded_prepared
 from .read_split import ReadSplitting
 from .sharded import ShardedExecutor
-from .statement import Kind, classify
+from .statement import TRACKED_BY_STATUS, Kind, classify
 
 if TYPE_CHECKING:
     from ..backend.pool import Pool
@@ -49,7 +49,7 @@ _PREPARED_PER_BACKEND = 512
 class ClientStatement:
     """A prepared statement as the client knows it; it may be prepared on many backends."""
 
-    __slots__ = ("id", "sql", "num_params", "num_columns", "param_types", "long_data", "cursor_conn")
+    __slots__ = ("id", "sql", "num_params", "num_columns", "param_types", "long_data", "cursor_conn", "sharded")
 
     def __init__(self, stmt_id: int, sql: bytes, num_params: int, num_columns: int):
         self.id = stmt_id
@@ -59,6 +59,7 @@ class ClientStatement:
         self.param_types: bytes | None = None
         self.long_data: dict[int, bytearray] = {}
         self.cursor_conn: BackendConnection | None = None
+        self.sharded = None  # sharded_prepared.ShardedStatementInfo on a sharded database
 
 
 class Session:
@@ -325,6 +326,9 @@ class Session:
             self.keep_for_statements = self.config.auto_increment_delay_multiplex
         elif self.keep_for_statements:
             self.keep_for_statements -= 1
+        if scanner.warnings:
+            # SHOW WARNINGS (run by drivers right after) must see this connection's warnings.
+            self.keep_for_statements = max(self.keep_for_statements, 1)
         self._return_held(force=False)
 
     async def relay(self, payload: bytes, kind: ResponseKind) -> ResponseScanner | None:
@@ -418,7 +422,8 @@ class Session:
         scanner = await self.relay(payload, ResponseKind.RESULT)
         if scanner is not None and scanner.error is None and statement.writes:
             await self.read_splitting.wrote()
-        if scanner is not None and scanner.error is None and statement.session_set:
+        if scanner is not None and scanner.error is None and statement.session_set \
+                and statement.session_set[0] not in TRACKED_BY_STATUS:
             self._record_var(*statement.session_set)
             if self.held is not None:
                 self.held.session_vars = self.vars_signature
@@ -454,7 +459,7 @@ class Session:
                              f"{statement.pin_reason} is not supported on sharded database '{self.database}': "
                              "it would hold state on one shard only")
         scanner = await self.relay(payload, ResponseKind.RESULT)
-        if scanner is not None and scanner.error is None:
+        if scanner is not None and scanner.error is None and statement.session_set[0] not in TRACKED_BY_STATUS:
             self._record_var(*statement.session_set)
             if self.held is not None:
                 self.held.session_vars = self.vars_signature
@@ -557,9 +562,8 @@ class Session:
 
     async def com_stmt_prepare(self, payload: bytes) -> None:
         if self._is_sharded():
-            raise ProxyError(errors.ER_NOT_SUPPORTED_YET, "HY000",
-                             f"server-side prepared statements on sharded database '{self.database}' are not "
-                             "supported yet; use client-side parameters (the driver's default)")
+            await sharded_prepared.prepare(self, payload)
+            return
         sql = payload[1:]
         statement = classify(sql)
         if statement.pin_reason:
@@ -624,6 +628,9 @@ class Session:
         stmt = self._statement(payload, "mysqld_stmt_execute")
         if len(payload) < 10:
             raise errors.malformed("COM_STMT_EXECUTE shorter than 10 bytes")
+        if stmt.sharded is not None:
+            await sharded_prepared.execute(self, stmt, payload)
+            return
         flags = payload[5]
         if stmt.cursor_conn is not None:
             # Re-executing closes the open cursor; the backend does the same.

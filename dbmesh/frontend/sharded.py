@@ -19,7 +19,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
-from sharding import planner
+from sharding import conditions, planner
 from sharding.errors import ShardingError
 from sharding.merge import Aggregate, MergePlan, OrderItem, merge
 from sharding.rules import ShardingRuleSet
@@ -52,13 +52,21 @@ _SHOW_ON_TABLE = re.compile(
     r"\s+`?(\w+)`?\s*;?\s*$", re.I)
 
 
+class BinaryResult:
+    """Column definitions and row encoder of a prepared statement's binary result."""
+
+    def __init__(self, field_packets: list[bytes], encode_row: Callable[[tuple], bytes]):
+        self.field_packets = field_packets
+        self.encode_row = encode_row
+
+
 def sharding_error(exc: ShardingError | str) -> ProxyError:
     return ProxyError(ER_SHARDING, "42000", f"dbmesh sharding: {exc}")
 
 
 def parse(sql: str) -> exp.Expression:
     try:
-        tree = sqlglot.parse_one(sql, read=planner.DIALECT)
+        tree = sqlglot.parse_one(conditions.number_placeholders(sql), read=planner.DIALECT)
     except ParseError as exc:
         first = exc.errors[0] if exc.errors else {}
         near = first.get("highlight") or ""
@@ -135,6 +143,10 @@ class ShardedExecutor:
             await self._commit_or_rollback("COMMIT" if _TXN_COMMIT.match(sql) else "ROLLBACK")
             session.send_ok()
             return
+        if not session.autocommit and not self.in_transaction:
+            # autocommit=0: every statement runs in a transaction that COMMIT/ROLLBACK ends.
+            self.in_transaction = True
+            self.txn_start = "START TRANSACTION"
         if _SHOW_RULES.match(sql):
             self._show_rules()
             return
@@ -158,14 +170,15 @@ class ShardedExecutor:
         except ShardingError as exc:
             raise sharding_error(exc) from exc
 
-    async def execute(self, plan: planner.Plan) -> None:
+    async def execute(self, plan: planner.Plan, binary: BinaryResult | None = None) -> None:
+        """Run a plan; ``binary`` answers a prepared statement's execute in the binary protocol."""
         try:
             if len(plan.units) == 1 and not plan.write:
                 await self._relay(plan.units[0])
             elif plan.write:
                 await self._write(plan)
             else:
-                await self._merged_select(plan)
+                await self._merged_select(plan, binary)
         finally:
             self.release()
 
@@ -214,7 +227,7 @@ class ShardedExecutor:
         last_id = plan.last_insert_id or next((r.last_insert_id for r in results if r.last_insert_id), 0)
         self.session.send_ok(affected_rows=affected, last_insert_id=last_id)
 
-    async def _merged_select(self, plan: planner.Plan) -> None:
+    async def _merged_select(self, plan: planner.Plan, binary: BinaryResult | None) -> None:
         results = await self._run_all(plan.units)
         first = results[0]
         fields = first.fields
@@ -244,15 +257,17 @@ class ShardedExecutor:
             p = bytearray(packets[i])
             p[-3] = min(p[-3] + 4, 38)
             packets[i] = bytes(p)
-        self._send_rows(packets, rows)
+        if binary is not None:
+            packets = binary.field_packets
+        self._send_rows(packets, rows, binary.encode_row if binary is not None else encode_row)
 
-    def _send_rows(self, field_packets: list[bytes], rows) -> None:
+    def _send_rows(self, field_packets: list[bytes], rows, encode: Callable[[tuple], bytes] = encode_row) -> None:
         session = self.session
         status = session.status_flags()
         payloads = [lenenc_int(len(field_packets)), *field_packets]
         if not session.deprecate_eof:
             payloads.append(eof_packet(status))
-        payloads.extend(encode_row(row) for row in rows)
+        payloads.extend(encode(row) for row in rows)
         payloads.append(ok_packet(status=status, eof_header=True) if session.deprecate_eof else eof_packet(status))
         session.send(*payloads)
 

@@ -69,7 +69,7 @@ _SET_NAMES = re.compile(rb"SET\s+(?:NAMES|CHARACTER\s+SET|CHARSET)\b", re.I)
 _SET_TRANSACTION = re.compile(rb"SET\s+(?:(SESSION|GLOBAL)\s+)?TRANSACTION\b", re.I)
 _SET_GLOBAL = re.compile(rb"SET\s+(?:GLOBAL\s|@@GLOBAL\.)", re.I)
 # Settings the sidecar tracks from the server's status flags instead of replaying text.
-_TRACKED_BY_STATUS = {b"autocommit"}
+TRACKED_BY_STATUS = {"autocommit"}
 
 
 def leading_keyword(sql: bytes, start: int = 0) -> tuple[bytes, int]:
@@ -148,8 +148,8 @@ def _classify_set(body: bytes) -> Statement:
     m = _SET_SIMPLE.match(body)
     if m:
         name = m.group(1).lower()
-        if name in _TRACKED_BY_STATUS:
-            return PASS
+        if name.decode() in TRACKED_BY_STATUS:
+            return Statement(Kind.PASS, session_set=(name.decode(), text))
         return Statement(Kind.PASS, session_set=(name.decode(), text))
     # Several assignments in one SET: replay the text as a whole.
     return Statement(Kind.PASS, session_set=(text.lower(), text))

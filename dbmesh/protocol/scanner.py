@@ -40,7 +40,7 @@ class _State(IntEnum):
 
 
 class ResponseScanner:
-    __slots__ = ("kind", "deprecate_eof", "done", "status", "affected_rows", "last_insert_id",
+    __slots__ = ("kind", "deprecate_eof", "done", "_status", "status_seen", "affected_rows", "last_insert_id",
                  "warnings", "error", "result_sets", "stmt_id", "num_params", "num_columns",
                  "_state", "_left", "_header", "_remaining", "_length", "_head", "_continuation")
 
@@ -48,7 +48,10 @@ class ResponseScanner:
         self.kind = kind
         self.deprecate_eof = deprecate_eof
         self.done = False
-        self.status = 0
+        self._status = 0
+        # Whether an OK/EOF packet carried status flags: 0 is a real status (autocommit off,
+        # no transaction), not "unknown".
+        self.status_seen = False
         self.affected_rows = 0
         self.last_insert_id = 0
         self.warnings = 0
@@ -65,6 +68,15 @@ class ResponseScanner:
         self._length = 0
         self._head = bytearray()      # the current packet's first bytes
         self._continuation = False    # the current packet continues a 16 MiB one
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self._status = value
+        self.status_seen = True
 
     def feed(self, data: bytes | memoryview) -> int:
         """Consume ``data``; return how many bytes belong to this response (less than
