@@ -53,6 +53,8 @@ class Plan:
     write: bool = False
     last_insert_id: int = 0          # first generated key of an INSERT, for the OK packet
     broadcast: bool = False          # the same write goes to every data source
+    locking: bool = False            # SELECT ... FOR UPDATE / LOCK IN SHARE MODE: primaries only
+    force_primary: bool = False      # a /* dbmesh:primary */ hint
 
 
 @dataclass
@@ -64,6 +66,14 @@ class _TableRef:
 
 def plan(tree: exp.Expression, rules: ShardingRuleSet, logical_db: str,
          params: Sequence[Any] | None = None, sql_text: str | None = None) -> Plan:
+    result = _plan(tree, rules, logical_db, params, sql_text)
+    result.locking = bool(tree.find(exp.Lock))
+    result.force_primary = any("dbmesh:primary" in c for node in tree.walk() for c in (node.comments or ()))
+    return result
+
+
+def _plan(tree: exp.Expression, rules: ShardingRuleSet, logical_db: str,
+          params: Sequence[Any] | None, sql_text: str | None) -> Plan:
     positions = conditions.placeholder_positions(tree)
     if isinstance(tree, exp.Select):
         return _plan_select(tree, rules, logical_db, params, positions, sql_text)
@@ -122,7 +132,25 @@ def _rename(tree: exp.Expression, mapping: dict[str, str], logical_db: str) -> e
 
 
 def _sql(tree: exp.Expression) -> str:
-    return tree.sql(dialect=DIALECT)
+    text = tree.sql(dialect=DIALECT)
+    if isinstance(tree, exp.Insert) and tree.meta.get("replace"):
+        return "REPLACE" + text[len("INSERT"):]  # sqlglot parses REPLACE as INSERT, see parse_statement
+    return text
+
+
+def parse_statement(sql: str) -> exp.Expression:
+    """Parse one MySQL statement; ``REPLACE INTO`` becomes an Insert marked ``replace``."""
+    import re
+
+    import sqlglot
+
+    replace = re.match(r"\s*REPLACE\b", sql, re.I)
+    if replace:
+        sql = sql[:replace.start()] + " INSERT" + sql[replace.end():]
+    tree = sqlglot.parse_one(conditions.number_placeholders(sql), read=DIALECT)
+    if replace and isinstance(tree, exp.Insert):
+        tree.meta["replace"] = True
+    return tree
 
 
 @dataclass

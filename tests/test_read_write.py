@@ -19,7 +19,7 @@ REPLICA = "ds_0_replica_0"
 @pytest.fixture(scope="module")
 def server_ids(sandbox):
     ids = {}
-    for name in ("ds_0", REPLICA):
+    for name in ("ds_0", REPLICA, "ds_1", "ds_1_replica_0"):
         with sandbox.admin_connect(name) as conn, conn.cursor() as cur:
             cur.execute("SELECT @@server_id")
             ids[name] = cur.fetchone()[0]
@@ -38,6 +38,13 @@ def rw_proxy(sandbox, tmp_path_factory):
     config["data_sources"]["demo_gtid"] = gtid
     config["databases"]["demo_gtid"] = {"data_source": "demo_gtid"}
     config["metrics"] = {"host": "127.0.0.1", "port": free_port()}
+    config["databases"]["shop_rw"] = {"sharding": {
+        "data_sources": ["ds_0", "ds_1"],
+        "tables": {"rw_order": {"actual_data_nodes": "ds_${0..1}.rw_order",
+                                "database_strategy": {"columns": ["user_id"], "algorithm": "two"}}},
+        "algorithms": {"two": {"type": "MOD", "props": {"sharding_count": 2}}}}}
+    for name in ("ds_0", "ds_1"):
+        config["data_sources"][name]["read_write"] = {"health_check_interval_s": 0.2, "window_s": 1.0}
     proxy = start_proxy(config, path.parent)
     with proxy.connect() as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS rw_items (id INT PRIMARY KEY, v INT)")
@@ -190,3 +197,26 @@ def test_metrics_per_data_source_and_role(rw_proxy):
     assert value(rf'dbmesh_replica_healthy\{{data_source="demo_ds",replica="{REPLICA}"\}}') == 1
     assert value(rf'dbmesh_replica_lag_seconds\{{data_source="demo_ds",replica="{REPLICA}"\}}') >= 0
     assert value("dbmesh_client_sessions") >= 0
+
+
+def test_sharded_reads_use_each_shards_replica(rw_proxy, sandbox, server_ids):
+    with rw_proxy.connect(database="shop_rw") as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS rw_order (id INT PRIMARY KEY, user_id INT)")
+        cur.execute("REPLACE INTO rw_order (id, user_id) VALUES (1, 0), (2, 1)")
+    sandbox.sync_replicas()
+    time.sleep(1.1)  # past the read-your-writes window
+
+    def shard_server(user_id: int, hint: str = "") -> int:
+        return server_id_of(rw_proxy, f"SELECT {hint} @@server_id FROM rw_order WHERE user_id = {user_id}",
+                            database="shop_rw")
+
+    wait_until(lambda: shard_server(0) == server_ids[REPLICA])
+    assert shard_server(1) == server_ids["ds_1_replica_0"]
+    assert shard_server(1, "/* dbmesh:primary */") == server_ids["ds_1"]
+    with rw_proxy.connect(database="shop_rw") as conn, conn.cursor() as cur:
+        cur.execute("SELECT @@server_id FROM rw_order WHERE user_id = 1 FOR UPDATE")
+        assert cur.fetchone()[0] == server_ids["ds_1"]
+        cur.execute("UPDATE rw_order SET id = id WHERE user_id = 1")
+        cur.execute("SELECT @@server_id FROM rw_order WHERE user_id = 1")
+        assert cur.fetchone()[0] == server_ids["ds_1"], "read-your-writes on the shard just written"
+        cur.execute("DROP TABLE rw_order")

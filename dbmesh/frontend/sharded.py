@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
-from sharding import conditions, planner
+from sharding import planner
 from sharding.errors import ShardingError
 from sharding.merge import Aggregate, MergePlan, OrderItem, merge
 from sharding.rules import ShardingRuleSet
@@ -66,7 +66,7 @@ def sharding_error(exc: ShardingError | str) -> ProxyError:
 
 def parse(sql: str) -> exp.Expression:
     try:
-        tree = sqlglot.parse_one(conditions.number_placeholders(sql), read=planner.DIALECT)
+        tree = planner.parse_statement(sql)
     except ParseError as exc:
         first = exc.errors[0] if exc.errors else {}
         near = first.get("highlight") or ""
@@ -85,6 +85,8 @@ class ShardedExecutor:
         self.in_transaction = False
         self.txn_start = "START TRANSACTION"
         self.conns: dict[str, tuple[BackendConnection, Pool]] = {}
+        # The statement running now is a plain read that replicas may serve.
+        self.reading = False
 
     @property
     def rules(self) -> ShardingRuleSet:
@@ -97,7 +99,7 @@ class ShardedExecutor:
         if held is not None:
             return held[0]
         session = self.session
-        pool = session.server.pools[data_source]
+        pool = (self._replica_pool(data_source) if self.reading else None) or session.server.pools[data_source]
         conn = await pool.acquire(session.caps_key)
         self.conns[data_source] = (conn, pool)
         try:
@@ -109,6 +111,20 @@ class ShardedExecutor:
             self.release(force=True)
             raise errors.backend_lost(data_source, conn.address) from exc
         return conn
+
+    def _replica_pool(self, data_source: str) -> Pool | None:
+        """A healthy replica's pool for a read on ``data_source``, when read/write splitting
+        allows one (see read_split.py for the same rules on pass-through databases)."""
+        session = self.session
+        replicas = session.server.replica_sets.get(data_source)
+        if replicas is None or session.route_setting == "primary":
+            return None
+        wrote = session.last_write_at.get(data_source)
+        if (replicas.config.read_your_writes != "none" and wrote is not None
+                and time.monotonic() - wrote < replicas.config.window_s):
+            return None
+        replica = replicas.choose()
+        return replica.pool if replica is not None else None
 
     def release(self, force: bool = False) -> None:
         """Give back connections not needed any more (all of them when ``force``)."""
@@ -172,6 +188,8 @@ class ShardedExecutor:
 
     async def execute(self, plan: planner.Plan, binary: BinaryResult | None = None) -> None:
         """Run a plan; ``binary`` answers a prepared statement's execute in the binary protocol."""
+        self.reading = (plan.kind == "select" and not self.in_transaction and not plan.locking
+                        and not plan.force_primary)
         try:
             if len(plan.units) == 1 and not plan.write:
                 await self._relay(plan.units[0])
@@ -180,6 +198,7 @@ class ShardedExecutor:
             else:
                 await self._merged_select(plan, binary)
         finally:
+            self.reading = False
             self.release()
 
     async def _relay(self, unit: planner.RouteUnit) -> None:
@@ -220,6 +239,9 @@ class ShardedExecutor:
 
     async def _write(self, plan: planner.Plan) -> None:
         results = await self._run_all(plan.units)
+        now = time.monotonic()
+        for unit in plan.units:
+            self.session.last_write_at[unit.data_source] = now
         if plan.broadcast:
             affected = results[0].affected_rows
         else:
