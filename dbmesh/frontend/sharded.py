@@ -46,10 +46,12 @@ _TXN_ROLLBACK = re.compile(r"^\s*ROLLBACK(\s+WORK)?\s*;?\s*$", re.I)
 _SHOW_TABLES = re.compile(r"^\s*SHOW\s+(FULL\s+)?TABLES\s*(?:(?:FROM|IN)\s+`?(\w+)`?)?\s*(LIKE\s+'([^']*)')?\s*;?\s*$",
                           re.I)
 _SHOW_RULES = re.compile(r"^\s*SHOW\s+SHARDING\s+TABLE\s+RULES?\s*;?\s*$", re.I)
-_DESCRIBE = re.compile(r"^\s*(?:DESCRIBE|DESC|EXPLAIN)\s+`?(\w+)`?\s*;?\s*$", re.I)
-_SHOW_ON_TABLE = re.compile(
-    r"^\s*SHOW\s+(CREATE\s+TABLE|(?:FULL\s+)?(?:COLUMNS|FIELDS)\s+(?:FROM|IN)|INDEX(?:ES)?\s+(?:FROM|IN)|KEYS\s+(?:FROM|IN))"
-    r"\s+`?(\w+)`?\s*;?\s*$", re.I)
+# DESCRIBE t / SHOW CREATE TABLE t / SHOW [FULL] COLUMNS|INDEX FROM t, the table optionally
+# qualified with the logical database: ``prefix`` is kept, ``table`` names the logical table.
+_TABLE_REF = r"(?:`?(?P<db>\w+)`?\.)?`?(?P<table>\w+)`?\s*;?\s*$"
+_ON_TABLE = re.compile(
+    r"^\s*(?P<prefix>(?:DESCRIBE|DESC|EXPLAIN)\s+|SHOW\s+CREATE\s+TABLE\s+"
+    r"|SHOW\s+(?:FULL\s+)?(?:COLUMNS|FIELDS|INDEX|INDEXES|KEYS)\s+(?:FROM|IN)\s+)" + _TABLE_REF, re.I)
 
 
 class BinaryResult:
@@ -170,9 +172,9 @@ class ShardedExecutor:
         if m:
             await self._show_tables(full=bool(m.group(1)), like=m.group(4))
             return
-        m = _DESCRIBE.match(sql) or _SHOW_ON_TABLE.match(sql)
-        if m:
-            await self._on_first_node(sql, m.group(m.lastindex))
+        m = _ON_TABLE.match(sql)
+        if m and (m.group("db") is None or m.group("db").lower() == session.database.lower()):
+            await self._on_first_node(m.group("prefix"), m.group("table"))
             return
         try:
             plan = planner.plan(parse(sql), self.rules, session.database, sql_text=sql)
@@ -337,32 +339,31 @@ class ShardedExecutor:
         self.session.send_result(columns, rows)
 
     async def _show_tables(self, full: bool, like: str | None) -> None:
+        """Logical names of the tables that exist on any data source of this database."""
         rules = self.rules
-        conn = await self.connection(rules.default_data_source)
         try:
-            result = await conn.query("SHOW FULL TABLES")
+            results = await self._run_all([planner.RouteUnit(ds, "SHOW FULL TABLES") for ds in rules.data_sources])
         finally:
             self.release()
         names: dict[str, str] = {}
-        for row in result.rows:
-            actual = row[0].decode()
-            logical = rules.logical_table_of(actual)
-            names.setdefault(logical or actual, row[1].decode() if row[1] else "BASE TABLE")
-        for name in rules.tables:
-            names.setdefault(name, "BASE TABLE")
+        for result in results:
+            for row in result.rows:
+                actual = row[0].decode()
+                logical = rules.logical_table_of(actual)
+                names.setdefault(logical or actual, row[1].decode() if row[1] else "BASE TABLE")
         pattern = _like_regex(like) if like else None
         chosen = sorted(n for n in names if pattern is None or pattern.match(n))
         title = f"Tables_in_{self.session.database}" + (f" ({like})" if like else "")
         columns = [Column(title, length=256)] + ([Column("Table_type", length=64)] if full else [])
         self.session.send_result(columns, [[n, names[n]] if full else [n] for n in chosen])
 
-    async def _on_first_node(self, sql: str, table: str) -> None:
+    async def _on_first_node(self, prefix: str, table: str) -> None:
         """DESCRIBE / SHOW COLUMNS / SHOW INDEX / SHOW CREATE TABLE of a logical table: ask its
         first actual table and show the logical name."""
         rules = self.rules
         nodes = rules.data_nodes(table)
         node = nodes[0]
-        actual_sql = re.sub(rf"`?\b{re.escape(table)}\b`?", f"`{node.table}`", sql, count=1)
+        actual_sql = f"{prefix}`{node.table}`"
         conn = await self.connection(node.data_source)
         try:
             result = await conn.query(actual_sql)
