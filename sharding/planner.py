@@ -9,6 +9,7 @@ cannot run correctly across shards raises ShardingError with the reason, never a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,18 @@ class Plan:
     broadcast: bool = False          # the same write goes to every data source
     locking: bool = False            # SELECT ... FOR UPDATE / LOCK IN SHARE MODE: primaries only
     force_primary: bool = False      # a /* dbmesh:primary */ hint
+
+
+@dataclass(frozen=True)
+class Hints:
+    """Values for HINT sharding strategies, given by a SQL comment or a session setting."""
+    database: tuple[Any, ...] = ()
+    table: tuple[Any, ...] = ()
+
+
+# The hints of the statement being planned (set by the executor around plan()).
+NO_HINTS = Hints()
+ROUTING_HINTS: ContextVar[Hints] = ContextVar("routing_hints", default=NO_HINTS)
 
 
 @dataclass
@@ -209,8 +222,10 @@ def _route_tables(refs: list[_TableRef], rules: ShardingRuleSet, where: exp.Expr
 
 def _route_alternatives(rule: TableRule, alternatives: conditions.Alternatives) -> list[DataNode]:
     seen: dict[DataNode, None] = {}
+    hints = ROUTING_HINTS.get()
     for alternative in alternatives:
-        for node in rule.route(alternative):
+        for node in rule.route(alternative, database_hints=hints.database or None,
+                               table_hints=hints.table or None):
             seen[node] = None
     if not seen:
         # No node can hold a match; still ask one, so the client gets a well-formed empty result.
@@ -460,7 +475,10 @@ def _plan_insert(tree: exp.Insert, rules: ShardingRuleSet, logical_db: str, para
                     raise ShardingError(f"INSERT into {name}: the value of sharding column {column} must be a "
                                         "literal or a parameter")
                 values_of[column] = value
-        by_node.setdefault(rule.route_row(values_of), []).append(row)
+        hints = ROUTING_HINTS.get()
+        node = rule.route_row(values_of, database_hint=hints.database[0] if hints.database else None,
+                              table_hint=hints.table[0] if hints.table else None)
+        by_node.setdefault(node, []).append(row)
     units = []
     order = {n: i for i, n in enumerate(rule.data_nodes)}
     for node in sorted(by_node, key=order.__getitem__):

@@ -96,6 +96,7 @@ class Session:
         self.read_splitting = ReadSplitting(self)
         self.last_write_at: dict[str, float] = {}   # data source -> when this session last wrote
         self.last_gtid: dict[str, str] = {}         # data source -> GTID of that write
+        self.sharding_hints: dict[str, object] = {}  # "db"/"table" -> value (SET dbmesh_db_hint = ...)
 
     # -- output ----------------------------------------------------------------------------
 
@@ -406,14 +407,17 @@ class Session:
         if kind is Kind.PREVIEW:
             self._preview(sql)
             return
+        if statement.session_set and statement.session_set[0] == "dbmesh_route":
+            self._set_route(statement.session_set[1])
+            return
+        if statement.session_set and statement.session_set[0] in ("dbmesh_db_hint", "dbmesh_table_hint"):
+            self._set_sharding_hint(*statement.session_set)
+            return
         if self._is_sharded():
             if statement.session_set or statement.pin_reason:
                 await self._sharded_session_statement(payload, statement)
             else:
                 await self.sharded.query(sql.decode("utf-8", "surrogateescape"))
-            return
-        if statement.session_set and statement.session_set[0] == "dbmesh_route":
-            self._set_route(statement.session_set[1])
             return
         if statement.pin_reason:
             self.pin_reasons.add(statement.pin_reason)
@@ -433,6 +437,18 @@ class Session:
         if not value:
             raise ProxyError(1231, "42000", "dbmesh_route must be 'auto', 'primary', 'replica' or a replica name")
         self.route_setting = value if value.lower() not in ("auto", "primary", "replica") else value.lower()
+        self.send_ok()
+
+    def _set_sharding_hint(self, name: str, statement: str) -> None:
+        """SET dbmesh_db_hint / dbmesh_table_hint = value (NULL clears): values for HINT strategies."""
+        from .sharded import _hint_value
+
+        value = statement.split("=", 1)[1].strip()
+        kind = "db" if name == "dbmesh_db_hint" else "table"
+        if value.upper() == "NULL" or not value:
+            self.sharding_hints.pop(kind, None)
+        else:
+            self.sharding_hints[kind] = _hint_value(value)
         self.send_ok()
 
     def _is_sharded(self) -> bool:

@@ -62,6 +62,17 @@ class BinaryResult:
         self.encode_row = encode_row
 
 
+_HINT_COMMENT = re.compile(r"/\*\+?\s*dbmesh:(.*?)\*/", re.S)
+_HINT = re.compile(r"\b(db|table)_hint\s*=\s*('[^']*'|\"[^\"]*\"|[\w.-]+)", re.I)
+
+
+def _hint_value(text: str) -> Any:
+    """A hint as written: quoted text stays text, digits become a number."""
+    if text[:1] in ("'", '"'):
+        return text[1:-1]
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def sharding_error(exc: ShardingError | str) -> ProxyError:
     return ProxyError(ER_SHARDING, "42000", f"dbmesh sharding: {exc}")
 
@@ -176,17 +187,30 @@ class ShardedExecutor:
         if m and (m.group("db") is None or m.group("db").lower() == session.database.lower()):
             await self._on_first_node(m.group("prefix"), m.group("table"))
             return
-        try:
-            plan = planner.plan(parse(sql), self.rules, session.database, sql_text=sql)
-        except ShardingError as exc:
-            raise sharding_error(exc) from exc
+        plan = self.plan(parse(sql), sql)
         await self.execute(plan)
 
-    def preview(self, sql: str) -> list[planner.RouteUnit]:
+    def plan(self, tree: exp.Expression, sql: str | None = None) -> planner.Plan:
+        """Plan with the routing hints of the statement text and of the session."""
+        token = planner.ROUTING_HINTS.set(self.hints(sql or ""))
         try:
-            return planner.plan(parse(sql), self.rules, self.session.database, sql_text=sql).units
+            return planner.plan(tree, self.rules, self.session.database, sql_text=sql)
         except ShardingError as exc:
             raise sharding_error(exc) from exc
+        finally:
+            planner.ROUTING_HINTS.reset(token)
+
+    def hints(self, sql: str) -> planner.Hints:
+        found = dict(self.session.sharding_hints)
+        if "dbmesh:" in sql:
+            for comment in _HINT_COMMENT.findall(sql):
+                for kind, value in _HINT.findall(comment):
+                    found[kind.lower()] = _hint_value(value)
+        return planner.Hints(database=(found["db"],) if "db" in found else (),
+                             table=(found["table"],) if "table" in found else ())
+
+    def preview(self, sql: str) -> list[planner.RouteUnit]:
+        return self.plan(parse(sql), sql).units
 
     async def execute(self, plan: planner.Plan, binary: BinaryResult | None = None) -> None:
         """Run a plan; ``binary`` answers a prepared statement's execute in the binary protocol."""

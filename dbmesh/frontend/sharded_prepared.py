@@ -71,9 +71,10 @@ async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> No
     stmt.long_data.clear()
     executor = session.sharded
     try:
-        plan = planner.plan(planner.bind_parameters(stmt.sharded.tree, values), executor.rules, session.database)
+        bound = planner.bind_parameters(stmt.sharded.tree, values)
     except ShardingError as exc:
         raise sharding_error(exc) from exc
+    plan = executor.plan(bound, stmt.sql.decode("utf-8", "surrogateescape"))
     if plan.write or len(plan.units) > 1:
         fields = [parse_column_definition(p) for p in stmt.sharded.field_packets]
         binary = BinaryResult(stmt.sharded.field_packets, lambda row: encode_binary_row(row, fields))
