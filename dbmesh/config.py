@@ -106,6 +106,18 @@ class DataSourceConfig:
     read_write: ReadWriteConfig = field(default_factory=ReadWriteConfig)
 
 
+# BASE (snapshot + reverse SQL) is being built in txn/; the config refuses it until it runs.
+TRANSACTION_MODES = ("LOCAL", "XA")
+
+
+@dataclass(frozen=True)
+class TransactionConfig:
+    """How a transaction that touches several data sources commits (see txn/)."""
+    mode: str = "LOCAL"
+    # Where the coordinator keeps its decisions (default: the database's default data source).
+    log_data_source: str | None = None
+
+
 @dataclass(frozen=True)
 class LogicalDatabaseConfig:
     name: str
@@ -113,6 +125,7 @@ class LogicalDatabaseConfig:
     data_source: str | None = None
     # Sharding rules (sharding.rules.ShardingRuleSet), validated at load.
     sharding: Any = None
+    transaction: TransactionConfig = field(default_factory=TransactionConfig)
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,9 @@ class Config:
     # connection for this many statements so LAST_INSERT_ID() sees it.
     auto_increment_delay_multiplex: int = 5
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # Names this sidecar in XA transaction ids, so recovery after a restart touches only the
+    # transactions it started (give each sidecar process of a deployment its own).
+    instance_id: str = "dbmesh"
     source_path: str | None = None
 
     def data_source_for(self, database: str | None) -> DataSourceConfig:
@@ -324,7 +340,7 @@ def _parse_databases(raw: Any, data_sources: dict[str, DataSourceConfig]) -> dic
     for name, item in section.items():
         path = f"databases.{name}"
         db = _mapping(item, path)
-        _reject_unknown(db, {"data_source", "sharding"}, path)
+        _reject_unknown(db, {"data_source", "sharding", "transaction"}, path)
         ds_name = db.get("data_source")
         if ds_name is not None and ds_name not in data_sources:
             raise ConfigError(f"{path}.data_source",
@@ -333,8 +349,21 @@ def _parse_databases(raw: Any, data_sources: dict[str, DataSourceConfig]) -> dic
         if (ds_name is None) == (sharding is None):
             raise ConfigError(path, "give either data_source (pass-through) or sharding rules, not both")
         rules = _parse_sharding(sharding, f"{path}.sharding", data_sources) if sharding is not None else None
-        result[name] = LogicalDatabaseConfig(name=name, data_source=ds_name, sharding=rules)
+        result[name] = LogicalDatabaseConfig(name=name, data_source=ds_name, sharding=rules,
+                                             transaction=_parse_transaction(db.get("transaction"),
+                                                                            f"{path}.transaction", data_sources))
     return result
+
+
+def _parse_transaction(raw: Any, path: str, data_sources: dict[str, DataSourceConfig]) -> TransactionConfig:
+    section = _mapping(raw, path)
+    _reject_unknown(section, {"mode", "log_data_source"}, path)
+    log_ds = section.get("log_data_source")
+    if log_ds is not None and log_ds not in data_sources:
+        raise ConfigError(f"{path}.log_data_source", f"no data source named {log_ds!r}; declared: "
+                                                     f"{sorted(data_sources)}")
+    return TransactionConfig(mode=_choice(section, "mode", path, "LOCAL", TRANSACTION_MODES),
+                             log_data_source=log_ds)
 
 
 def _parse_sharding(raw: Any, path: str, data_sources: dict[str, DataSourceConfig]) -> Any:
@@ -354,11 +383,18 @@ def _parse_sharding(raw: Any, path: str, data_sources: dict[str, DataSourceConfi
     return parse_sharding_rules(section, path, spans)
 
 
+def _instance_id(top: dict[str, Any]) -> str:
+    value = _str(top, "instance_id", "(top level)", "dbmesh")
+    if not value.replace("_", "").replace("-", "").isalnum() or len(value) > 32:
+        raise ConfigError("instance_id", "use up to 32 letters, digits, '-' or '_'")
+    return value
+
+
 def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None = None) -> Config:
     base_dir = base_dir or Path.cwd()
     top = _mapping(raw, "")
     _reject_unknown(top, {"listen", "users", "data_sources", "databases", "default_data_source",
-                          "auto_increment_delay_multiplex", "metrics"}, "(top level)")
+                          "auto_increment_delay_multiplex", "metrics", "instance_id"}, "(top level)")
     metrics_section = _mapping(top.get("metrics"), "metrics")
     _reject_unknown(metrics_section, {"host", "port"}, "metrics")
     metrics = MetricsConfig(host=_str(metrics_section, "host", "metrics", "127.0.0.1"),
@@ -383,6 +419,7 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
         default_data_source=default_ds,
         auto_increment_delay_multiplex=_int(top, "auto_increment_delay_multiplex", "(top level)", 5, 0, 1000),
         metrics=metrics,
+        instance_id=_instance_id(top),
         source_path=source_path,
     )
 

@@ -304,6 +304,15 @@ class BackendConnection:
         self.in_transaction = False
         self.autocommit = True
 
+    def closed_while_idle(self) -> bool:
+        """Did the server hang up (restart, wait_timeout, KILL), or send something unasked,
+        while this connection sat idle? The transport keeps reading, so it is known for free."""
+        reader = self.reader
+        if reader is None or self.writer is None or self.writer.transport.is_closing():
+            return True
+        # StreamReader has no public look at pending bytes, nor at EOF with bytes pending.
+        return reader.exception() is not None or reader._eof or bool(reader._buffer)
+
     def close_statement(self, stmt_id: int) -> None:
         self.send(bytes((Command.STMT_CLOSE,)) + struct.pack("<I", stmt_id))
 

@@ -66,6 +66,9 @@ class Pool:
         while True:
             conn = self._take_idle(caps_key, prefer)
             if conn is not None:
+                if conn.closed_while_idle():  # e.g. the server restarted: no error for the client
+                    self._discard(conn)
+                    continue
                 if time.monotonic() - conn.last_used > self.config.check_after_idle_s:
                     if not await self._alive(conn):
                         self._discard(conn)

@@ -108,5 +108,38 @@ def supported_plugin(plugin: str) -> bool:
     return plugin in (NATIVE_PLUGIN, CACHING_SHA2_PLUGIN)
 
 
-async def start_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext) -> None:
-    await writer.start_tls(context)
+async def start_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext,
+                    reader: asyncio.StreamReader | None = None) -> None:
+    """Upgrade to TLS.
+
+    Clients send their ClientHello right behind the SSL request without waiting, so the
+    plain-text ``reader`` may already hold the first TLS bytes (both in one TCP read). Hand
+    them to the TLS layer, or the handshake waits for bytes already read until it times out.
+    """
+    pending = b""
+    if reader is not None and reader._buffer:  # StreamReader has no public API for this
+        pending = bytes(reader._buffer)
+        reader._buffer.clear()
+    if not pending:
+        await writer.start_tls(context)
+        return
+    transport = writer.transport
+    plain_protocol = transport.get_protocol()
+    upgrade = asyncio.ensure_future(writer.start_tls(context))
+    try:
+        # loop.start_tls swaps in its TLS protocol, then awaits the handshake.
+        while transport.get_protocol() is plain_protocol and not upgrade.done():
+            await asyncio.sleep(0)
+        if not upgrade.done():
+            tls_protocol = transport.get_protocol()
+            view = memoryview(pending)
+            while view:
+                buffer = tls_protocol.get_buffer(len(view))
+                n = min(len(buffer), len(view))
+                buffer[:n] = view[:n]
+                tls_protocol.buffer_updated(n)
+                view = view[n:]
+        await upgrade
+    except BaseException:
+        upgrade.cancel()
+        raise

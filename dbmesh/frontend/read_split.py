@@ -100,9 +100,14 @@ class ReadSplitting:
         except BackendError:
             replica.pool.release(conn)
             raise
-        replica.pool.release(conn)
-        if scanner.status:
+        if scanner.status_seen:
             s.autocommit = bool(scanner.status & 0x0002)
+        if scanner.warnings:
+            # SHOW WARNINGS must run where the warnings are: keep the replica for one statement.
+            s.held, s.held_pool = conn, replica.pool
+            s.keep_for_statements = max(s.keep_for_statements, 1)
+        else:
+            replica.pool.release(conn)
         return True
 
     async def _caught_up(self, conn, replicas: ReplicaSet) -> bool:

@@ -7,11 +7,14 @@ import itertools
 import logging
 import ssl
 
+from txn import recovery
+
 from .. import metrics
 from ..backend.connection import BackendConnection, BackendError
 from ..backend.pool import Endpoint, Pool
 from ..backend.replicas import ReplicaSet
 from ..config import Config
+from ..errors import ProxyError
 from ..protocol.constants import SERVER_CAPABILITIES, Capability
 from .session import Session
 
@@ -32,6 +35,7 @@ class Server:
     def __init__(self, config: Config):
         self.config = config
         self.pools = pools_for(config)
+        self.xa_log_ready: set[str] = set()  # data sources whose XA coordinator log table exists
         self.replica_sets = {name: ReplicaSet(ds) for name, ds in config.data_sources.items() if ds.replicas}
         self.sessions: set[Session] = set()
         self._ids = itertools.count(1)
@@ -52,6 +56,7 @@ class Server:
 
     async def start(self) -> None:
         await self._learn_server_version()
+        await self._recover_transactions()
         listen = self.config.listen
         self._server = await asyncio.start_server(self._accept, listen.host, listen.port,
                                                   reuse_address=True, backlog=1024)
@@ -75,6 +80,34 @@ class Server:
                         ds.name, exc, self.server_version)
         finally:
             conn.close()
+
+    async def _recover_transactions(self) -> None:
+        """Finish the XA transactions this instance left prepared when it last stopped."""
+        xa_databases = [d for d in self.config.databases.values() if d.sharding is not None
+                        and d.transaction.mode == "XA"]
+        if not xa_databases:
+            return
+        log_sources = {d.transaction.log_data_source or d.sharding.default_data_source for d in xa_databases}
+        data_sources = {ds for d in xa_databases for ds in d.sharding.data_sources}
+
+        async def acquire(ds: str) -> BackendConnection:
+            conn = await self.pools[ds].acquire(0)
+            if not conn.autocommit:
+                await conn.query("SET autocommit=1")
+            return conn
+
+        def release(conn: BackendConnection) -> None:
+            self.pools[conn.data_source].release(conn)
+
+        try:
+            counts = await recovery.recover(sorted(data_sources), sorted(log_sources), self.config.instance_id,
+                                            acquire, release)
+        except (ProxyError, BackendError, OSError, ConnectionError) as exc:
+            log.error("XA recovery did not finish (%s); it runs again at the next start", exc)
+            return
+        self.xa_log_ready |= log_sources
+        if any(counts.values()):
+            log.info("XA recovery: %d branches committed, %d rolled back", counts["commit"], counts["rollback"])
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, reader, writer, next(self._ids))

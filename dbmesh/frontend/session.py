@@ -183,7 +183,7 @@ class Session:
         try:
             if (len(payload) == handshake.SSL_REQUEST_LENGTH and server.ssl_context is not None
                     and handshake.parse_ssl_request(payload) & Capability.SSL):
-                await handshake.start_tls(self.writer, server.ssl_context)
+                await handshake.start_tls(self.writer, server.ssl_context, self.reader)
                 payload = await self.packets.read()
             response = handshake.parse_handshake_response(payload)
         except MalformedPacket as exc:
@@ -410,6 +410,13 @@ class Session:
         if statement.session_set and statement.session_set[0] == "dbmesh_route":
             self._set_route(statement.session_set[1])
             return
+        if statement.session_set and statement.session_set[0] == "dbmesh_transaction_mode":
+            if self.sharded.in_transaction:
+                raise ProxyError(errors.ER_NOT_SUPPORTED_YET, "25000",
+                                 "Cannot change dbmesh_transaction_mode inside a transaction")
+            self.sharded.txn.set_mode(statement.session_set[1].split("=", 1)[1])
+            self.send_ok()
+            return
         if statement.session_set and statement.session_set[0] in ("dbmesh_db_hint", "dbmesh_table_hint"):
             self._set_sharding_hint(*statement.session_set)
             return
@@ -419,6 +426,9 @@ class Session:
             else:
                 await self.sharded.query(sql.decode("utf-8", "surrogateescape"))
             return
+        if self.held is not None and self.held.role != "primary" and not (
+                statement.diagnostics or statement.read_only):
+            self._return_held(force=True)  # a replica kept for SHOW WARNINGS serves nothing else
         if statement.pin_reason:
             self.pin_reasons.add(statement.pin_reason)
         if statement.read_only and await self.read_splitting.try_replica(payload, statement):
@@ -429,8 +439,11 @@ class Session:
         if scanner is not None and scanner.error is None and statement.session_set \
                 and statement.session_set[0] not in TRACKED_BY_STATUS:
             self._record_var(*statement.session_set)
-            if self.held is not None:
-                self.held.session_vars = self.vars_signature
+            # relay() may already have given the connection back to the pool: its record must
+            # say what it now has, or a client with the old signature inherits this SET.
+            conn = self.held or self.last_conn
+            if conn is not None:
+                conn.session_vars = self.vars_signature
 
     def _set_route(self, statement: str) -> None:
         value = statement.split("=", 1)[1].strip().strip("'\"`").strip()
@@ -477,8 +490,9 @@ class Session:
         scanner = await self.relay(payload, ResponseKind.RESULT)
         if scanner is not None and scanner.error is None and statement.session_set[0] not in TRACKED_BY_STATUS:
             self._record_var(*statement.session_set)
-            if self.held is not None:
-                self.held.session_vars = self.vars_signature
+            conn = self.held or self.last_conn  # possibly back in the pool already: see com_query
+            if conn is not None:
+                conn.session_vars = self.vars_signature
 
     async def com_init_db(self, payload: bytes) -> None:
         self._change_database(payload[1:].decode("utf-8", "replace"))

@@ -31,6 +31,7 @@ from ..protocol.constants import Command
 from ..protocol.packets import Column, eof_packet, lenenc_int, ok_packet
 from ..protocol.scanner import ResponseKind
 from ..protocol.textvalues import collation_of, decode_rows, encode_row
+from .transactions import GlobalTransaction
 
 if TYPE_CHECKING:
     from ..backend.pool import Pool
@@ -96,7 +97,7 @@ class ShardedExecutor:
     def __init__(self, session: Session):
         self.session = session
         self.in_transaction = False
-        self.txn_start = "START TRANSACTION"
+        self.txn = GlobalTransaction(session)
         self.conns: dict[str, tuple[BackendConnection, Pool]] = {}
         # The statement running now is a plain read that replicas may serve.
         self.reading = False
@@ -118,7 +119,7 @@ class ShardedExecutor:
         try:
             await session.sync_state(conn, session.config.data_sources[data_source].database)
             if self.in_transaction:
-                await conn.query(self.txn_start)
+                await self.txn.enlist(conn, data_source)
         except (ConnectionError, OSError) as exc:
             conn.broken = True
             self.release(force=True)
@@ -150,12 +151,13 @@ class ShardedExecutor:
     async def close(self) -> None:
         """Session end: roll back an open transaction and return everything."""
         if self.in_transaction:
-            for conn, _ in self.conns.values():
-                try:
-                    await asyncio.wait_for(conn.query("ROLLBACK"), 5.0)
-                except (BackendError, OSError, ConnectionError, TimeoutError):
+            branches = {ds: conn for ds, (conn, _) in self.conns.items()}
+            self.in_transaction = False
+            try:
+                await asyncio.wait_for(self.txn.finish(branches, commit=False), 5.0)
+            except (ProxyError, BackendError, OSError, ConnectionError, TimeoutError):
+                for conn in branches.values():
                     conn.broken = True
-        self.in_transaction = False
         self.release(force=True)
 
     # -- statements ---------------------------------------------------------------------
@@ -165,7 +167,7 @@ class ShardedExecutor:
         if _TXN_START.match(sql):
             await self._commit_or_rollback("COMMIT")  # like MySQL: BEGIN commits an open transaction
             self.in_transaction = True
-            self.txn_start = sql.strip().rstrip(";")
+            self.txn.begin(sql.strip().rstrip(";"))
             session.send_ok()
             return
         if _TXN_COMMIT.match(sql) or _TXN_ROLLBACK.match(sql):
@@ -175,7 +177,7 @@ class ShardedExecutor:
         if not session.autocommit and not self.in_transaction:
             # autocommit=0: every statement runs in a transaction that COMMIT/ROLLBACK ends.
             self.in_transaction = True
-            self.txn_start = "START TRANSACTION"
+            self.txn.begin()
         if _SHOW_RULES.match(sql):
             self._show_rules()
             return
@@ -237,7 +239,7 @@ class ShardedExecutor:
             conn.broken = True
             self.release(force=True)
             raise errors.backend_lost(unit.data_source, conn.address) from exc
-        if scanner.status and not self.in_transaction:
+        if scanner.status_seen and not self.in_transaction:
             session.autocommit = bool(scanner.status & 0x0002)
 
     async def _run_all(self, units: Sequence[planner.RouteUnit]) -> list[QueryResult]:
@@ -324,20 +326,12 @@ class ShardedExecutor:
     async def _commit_or_rollback(self, verb: str) -> None:
         if not self.in_transaction:
             return
-        failure: Exception | None = None
-        for ds, (conn, _) in list(self.conns.items()):
-            try:
-                await conn.query(verb)
-            except (BackendError, ConnectionError, OSError) as exc:
-                conn.broken = True
-                failure = failure or ProxyError(errors.ER_UNKNOWN_ERROR, "HY000",
-                                                f"{verb} failed on data source '{ds}': {exc}; the other "
-                                                "data sources were finished (LOCAL transactions are "
-                                                "best effort)")
+        branches = {ds: conn for ds, (conn, _) in self.conns.items()}
         self.in_transaction = False
-        self.release(force=True)
-        if failure is not None:
-            raise failure
+        try:
+            await self.txn.finish(branches, commit=verb == "COMMIT")
+        finally:
+            self.release(force=True)
 
     # -- metadata statements ---------------------------------------------------------------
 

@@ -38,11 +38,15 @@ class Statement:
     writes: bool = False
     # a /* dbmesh:primary */ or /* dbmesh:replica=NAME */ hint in the statement
     route_hint: str | None = None
+    # SHOW WARNINGS / SHOW ERRORS: about the previous statement, so on the same connection
+    diagnostics: bool = False
 
 
 PASS = Statement(Kind.PASS)
 READ = Statement(Kind.PASS, read_only=True)
 WRITE = Statement(Kind.PASS, writes=True)
+DIAGNOSTICS = Statement(Kind.PASS, diagnostics=True)
+_DIAGNOSTICS = re.compile(rb"SHOW\s+(?:COUNT\s*\(\s*\*\s*\)\s+)?(?:WARNINGS|ERRORS)\b", re.I)
 
 _LEADING = re.compile(rb"(?:\s+|/\*(?!!).*?\*/|(?:--\s|#)[^\n]*(?:\n|$))*", re.S)
 _WORD = re.compile(rb"[A-Za-z_]+")
@@ -86,7 +90,7 @@ def classify(sql: bytes) -> Statement:
         if hint:
             target = hint.group(2).decode() if hint.group(2) else hint.group(1).decode().lower()
             return Statement(statement.kind, statement.database, statement.session_set, statement.pin_reason,
-                             statement.read_only, statement.writes, target)
+                             statement.read_only, statement.writes, target, statement.diagnostics)
     return statement
 
 
@@ -117,6 +121,8 @@ def _classify(sql: bytes) -> Statement:
         return Statement(Kind.PREVIEW)
     if keyword == b"SHOW" and _SHOW_DATABASES.match(body):
         return Statement(Kind.SHOW_DATABASES)
+    if keyword == b"SHOW" and _DIAGNOSTICS.match(body):
+        return DIAGNOSTICS
     if keyword == b"SET":
         return _classify_set(body)
     return _pinning(sql) or (WRITE if keyword in _WRITE_KEYWORDS else PASS)
