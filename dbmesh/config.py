@@ -139,6 +139,8 @@ class Config:
     # After a statement that generated an AUTO_INCREMENT id, keep the same backend
     # connection for this many statements so LAST_INSERT_ID() sees it.
     auto_increment_delay_multiplex: int = 5
+    # ... but only while the client sends its next statement within this many seconds.
+    auto_increment_delay_multiplex_timeout_s: float = 1.0
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Names this sidecar in XA transaction ids, so recovery after a restart touches only the
     # transactions it started (give each sidecar process of a deployment its own).
@@ -394,7 +396,8 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
     base_dir = base_dir or Path.cwd()
     top = _mapping(raw, "")
     _reject_unknown(top, {"listen", "users", "data_sources", "databases", "default_data_source",
-                          "auto_increment_delay_multiplex", "metrics", "instance_id"}, "(top level)")
+                          "auto_increment_delay_multiplex", "auto_increment_delay_multiplex_timeout_s",
+                          "metrics", "instance_id"}, "(top level)")
     metrics_section = _mapping(top.get("metrics"), "metrics")
     _reject_unknown(metrics_section, {"host", "port"}, "metrics")
     metrics = MetricsConfig(host=_str(metrics_section, "host", "metrics", "127.0.0.1"),
@@ -418,6 +421,8 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
         databases=databases,
         default_data_source=default_ds,
         auto_increment_delay_multiplex=_int(top, "auto_increment_delay_multiplex", "(top level)", 5, 0, 1000),
+        auto_increment_delay_multiplex_timeout_s=_float(top, "auto_increment_delay_multiplex_timeout_s",
+                                                        "(top level)", 1.0),
         metrics=metrics,
         instance_id=_instance_id(top),
         source_path=source_path,

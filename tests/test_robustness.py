@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import random
 import socket
 import ssl
@@ -35,6 +34,7 @@ from pathlib import Path
 import mysql.connector
 import pymysql
 import pytest
+
 from conftest import Proxy, start_proxy, stop_proxy
 
 # ---------------------------------------------------------------------------------------
@@ -134,13 +134,20 @@ class RawClient:
         return data
 
     def read(self) -> bytes | None:
-        """One payload, or None when the server closed the connection."""
-        header = self._recv_exact(4)
-        if header is None:
-            return None
-        length = int.from_bytes(header[:3], "little")
-        self.seq = header[3]
-        return self._recv_exact(length) if length else b""
+        """One payload (joining packets split at 16 MiB), or None when the server closed."""
+        parts = []
+        while True:
+            header = self._recv_exact(4)
+            if header is None:
+                return None
+            length = int.from_bytes(header[:3], "little")
+            self.seq = header[3]
+            part = self._recv_exact(length) if length else b""
+            if part is None:
+                return None
+            parts.append(part)
+            if length < 0xFFFFFF:
+                return b"".join(parts)
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -166,8 +173,9 @@ class RawClient:
                 + ((database.encode() + b"\x00") if database else b"")
                 + b"mysql_native_password\x00")
 
-    def login(self, user: str = "app", password: str = "app", database: str | None = "demo") -> None:
-        self.send(self.handshake_response(user, password, database), seq=1)
+    def login(self, user: str = "app", password: str = "app", database: str | None = "demo",
+              seq: int = 1) -> None:
+        self.send(self.handshake_response(user, password, database), seq=seq)
         reply = self.read()
         assert reply is not None and reply[:1] == b"\x00", f"login failed: {reply!r}"
 
@@ -229,6 +237,58 @@ def execute_packet(stmt_id: int, params: list[int]) -> bytes:
     types = b"".join(struct.pack("<BB", MYSQL_TYPE_LONGLONG, 0) for _ in params)
     values = b"".join(struct.pack("<q", p) for p in params)
     return struct.pack("<BIBI", COM_STMT_EXECUTE, stmt_id, 0, 1) + bitmap + b"\x01" + types + values
+
+
+class TlsOverBio:
+    """Just enough of a socket (recv / sendall) for RawClient, over an ssl.SSLObject."""
+
+    def __init__(self, sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO,
+                 outgoing: ssl.MemoryBIO):
+        self.sock, self.tls, self.incoming, self.outgoing = sock, tls, incoming, outgoing
+
+    def sendall(self, data: bytes) -> None:
+        self.tls.write(data)
+        self.sock.sendall(self.outgoing.read())
+
+    def recv(self, n: int) -> bytes:
+        while True:
+            try:
+                return self.tls.read(n)
+            except ssl.SSLWantReadError:
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    return b""
+                self.incoming.write(data)
+            except ssl.SSLZeroReturnError:
+                return b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def tls_client_sending_hello_early(proxy: Proxy, cafile: Path) -> RawClient:
+    """A client that sends the SSL request and its TLS ClientHello in one write, as fast
+    clients do (they never wait for the server in between), then completes the handshake."""
+    c = RawClient(proxy, timeout=10)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context(cafile=str(cafile)).wrap_bio(incoming, outgoing,
+                                                                  server_hostname="127.0.0.1")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    request = struct.pack("<IIB", RAW_CLIENT_CAPS | CLIENT_SSL, 1 << 24, 45) + bytes(23)
+    c.send_raw(struct.pack("<I", len(request) | 1 << 24) + request + outgoing.read())
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            c.sock.sendall(outgoing.read())
+            data = c.sock.recv(1 << 16)  # times out if the server lost the ClientHello
+            assert data, "the proxy closed the connection during the TLS handshake"
+            incoming.write(data)
+    c.sock.sendall(outgoing.read())
+    c.sock = TlsOverBio(c.sock, tls, incoming, outgoing)
+    return c
 
 
 # ---------------------------------------------------------------------------------------
@@ -652,3 +712,397 @@ def test_200_concurrent_clients_mixed_workload(rb_proxy: Proxy, sandbox) -> None
         cur.execute("SELECT client, k, v FROM rb_mixed ORDER BY client, k")
         assert [tuple(r) for r in cur.fetchall()] == want
     assert_no_tracebacks(rb_proxy)
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Abrupt disconnects leak nothing; a saturated pool answers 1040 and recovers
+
+POOL_USER = "rb_pool"  # backend user of the small-pool proxy only, so PROCESSLIST counts are its own
+POOL_SIZE = 8
+BIG_SELECT = "SELECT seq, REPEAT('x', 1000) FROM seq_1_to_20000"  # ~20 MB of rows
+
+
+def abort(conn: pymysql.Connection) -> None:
+    """Drop a PyMySQL connection with a TCP reset: no COM_QUIT, nothing more read."""
+    sock = conn._sock
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn._rfile.close()
+    sock.close()
+    conn._sock = None  # PyMySQL must not try to say goodbye later
+
+
+def abort_raw(client: RawClient) -> None:
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+
+
+def _abrupt_client(proxy: Proxy, kind: str, i: int) -> None:
+    tag = f"{kind}-{i}"
+    if kind in ("mid-result", "mid-result-in-tx", "mid-statement"):
+        c = RawClient(proxy)
+        c.login()
+        if kind == "mid-result-in-tx":
+            c.query("BEGIN")
+            c.query(f"INSERT INTO rb_leak (tag) VALUES ('uncommitted-{tag}')")
+        if kind == "mid-statement":
+            c.send(bytes((COM_QUERY,)) + b"SELECT SLEEP(0.2)")
+        else:
+            c.send(bytes((COM_QUERY,)) + BIG_SELECT.encode())
+            c.sock.recv(1000)  # the result has started to arrive
+        abort_raw(c)
+        return
+    conn = proxy.connect()
+    cur = conn.cursor()
+    if kind == "in-tx":
+        conn.begin()
+        cur.execute("INSERT INTO rb_leak (tag) VALUES (%s)", (f"uncommitted-{tag}",))
+        abort(conn)
+    elif kind == "autocommit-off":
+        cur.execute("SET autocommit = 0")
+        cur.execute("INSERT INTO rb_leak (tag) VALUES (%s)", (f"uncommitted-{tag}",))
+        abort(conn)
+    elif kind == "session-state":
+        cur.execute("SET @rb_secret = %s", (i,))
+        cur.execute("SET SESSION sql_mode = 'ANSI_QUOTES'")
+        cur.execute("CREATE TEMPORARY TABLE rb_leak_tmp (x INT)")
+        cur.execute("SELECT GET_LOCK(%s, 0)", (f"rb_leak_lock_{i}",))
+        assert cur.fetchone() == (1,)
+        conn.begin()
+        cur.execute("INSERT INTO rb_leak (tag) VALUES (%s)", (f"uncommitted-{tag}",))
+        abort(conn)
+    elif kind == "quit-in-tx":
+        conn.begin()
+        cur.execute("INSERT INTO rb_leak (tag) VALUES (%s)", (f"uncommitted-{tag}",))
+        conn.close()  # a polite COM_QUIT, but the transaction was never committed
+    elif kind == "committed":
+        cur.execute("INSERT INTO rb_leak (tag) VALUES (%s)", (f"committed-{tag}",))
+        assert cur.rowcount == 1
+        abort(conn)
+    else:
+        raise AssertionError(kind)
+
+
+ABRUPT_KINDS = ("in-tx", "autocommit-off", "session-state", "quit-in-tx", "committed",
+                "mid-result", "mid-result-in-tx", "mid-statement")
+
+
+def _hold_transaction(proxy: Proxy, gate: threading.Barrier, release: threading.Event,
+                      seen: list) -> None:
+    """Take one backend connection (a transaction), report its state, hold it until ``release``."""
+    with proxy.connect() as conn, conn.cursor() as cur:
+        conn.begin()
+        cur.execute("SELECT @rb_secret, @@autocommit, @@sql_mode LIKE '%ANSI_QUOTES%', "
+                    "CONNECTION_ID()")
+        state = cur.fetchone()
+        with pytest.raises(pymysql.err.ProgrammingError) as info:
+            cur.execute("SELECT COUNT(*) FROM rb_leak_tmp")
+        assert info.value.args[0] == 1146
+        cur.execute("SELECT IS_FREE_LOCK('rb_leak_lock_0')")
+        seen.append((*state, cur.fetchone()[0]))
+        gate.wait(30)
+        release.wait(30)
+        cur.execute("COMMIT")  # commits nothing: any leftover of a dead client would surface now
+
+
+def test_abrupt_disconnects_leak_nothing_and_pool_saturation(sandbox, sandbox_config: dict,
+                                                             tmp_path: Path) -> None:
+    admin_execute(sandbox, "ds_0", "SET SESSION sql_log_bin = 0",
+                  f"CREATE USER IF NOT EXISTS '{POOL_USER}'@'%' IDENTIFIED BY 'rb-pool-pw'",
+                  f"CREATE USER IF NOT EXISTS '{POOL_USER}'@'127.0.0.1' IDENTIFIED BY 'rb-pool-pw'",
+                  f"GRANT ALL PRIVILEGES ON *.* TO '{POOL_USER}'@'%'",
+                  f"GRANT ALL PRIVILEGES ON *.* TO '{POOL_USER}'@'127.0.0.1'")
+    admin_execute(sandbox, "ds_0", "DROP TABLE IF EXISTS rb_leak",
+                  "CREATE TABLE rb_leak (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(100) NOT NULL)",
+                  database="demo")
+    config = dict(sandbox_config)
+    config["data_sources"] = {**config["data_sources"], "demo_ds": {
+        **data_source(config, "demo_ds"), "user": POOL_USER, "password": "rb-pool-pw",
+        "pool": {"max_size": POOL_SIZE, "acquire_timeout_s": 2}}}
+    with running_proxy(config, tmp_path) as proxy:
+        # Abrupt clients, POOL_SIZE at a time, while a sampler watches the backend.
+        samples: list[int] = []
+        stop_sampling = threading.Event()
+
+        def sample() -> None:
+            while not stop_sampling.is_set():
+                samples.append(backend_connections(sandbox, "ds_0", POOL_USER))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        jobs = [(kind, i) for i in range(6) for kind in ABRUPT_KINDS]
+        with ThreadPoolExecutor(POOL_SIZE) as pool:
+            for f in [pool.submit(_abrupt_client, proxy, kind, i) for kind, i in jobs]:
+                f.result(timeout=60)
+        stop_sampling.set()
+        sampler.join(10)
+        assert samples and max(samples) <= POOL_SIZE, samples
+        assert proxy.alive()
+
+        # Every backend connection is back in the pool and clean: POOL_SIZE clients can each
+        # hold one at once, and none carries a dead client's variables, temporary table,
+        # lock, sql_mode, autocommit=0 or transaction.
+        gate, release, seen = threading.Barrier(POOL_SIZE + 1), threading.Event(), []
+        extra = proxy.connect()  # PyMySQL runs SET NAMES at connect: log in before saturating
+        with ThreadPoolExecutor(POOL_SIZE) as pool:
+            holders = [pool.submit(_hold_transaction, proxy, gate, release, seen) for _ in range(POOL_SIZE)]
+            try:
+                gate.wait(30)
+            finally:
+                if any(f.done() for f in holders):
+                    release.set()
+                    for f in holders:
+                        f.result()
+            try:
+                assert sorted(s[:3] + s[4:] for s in seen) == [(None, 1, 0, 1)] * POOL_SIZE, seen
+                assert len({s[3] for s in seen}) == POOL_SIZE  # eight distinct backend sessions
+                assert backend_connections(sandbox, "ds_0", POOL_USER) == POOL_SIZE
+
+                # The pool is saturated: one more client waits acquire_timeout_s, then gets 1040
+                # naming the data source.
+                with pytest.raises(pymysql.err.OperationalError) as info:
+                    extra.cursor().execute("SELECT 1")
+                code, message = info.value.args
+                assert code == 1040, message
+                assert "'demo_ds'" in message and f"all {POOL_SIZE} connections" in message
+                # The same session goes on once a connection frees up.
+                waiting = ThreadPoolExecutor(1)
+                answer = waiting.submit(lambda: extra.cursor().execute("SELECT 7") and None)
+            finally:
+                release.set()
+                for f in holders:
+                    f.result(timeout=30)
+            answer.result(timeout=30)
+            waiting.shutdown()
+            with extra.cursor() as cur:
+                cur.execute("SELECT 8")
+                assert cur.fetchone() == (8,)
+            extra.close()
+
+        # Only committed work is there, through the proxy and on the backend itself.
+        want = sorted(f"committed-committed-{i}" for i in range(6))
+        rows = admin_rows(sandbox, "ds_0", "SELECT tag FROM rb_leak ORDER BY tag", database="demo")
+        assert [r[0] for r in rows] == want
+        with proxy.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT tag FROM rb_leak ORDER BY tag")
+            assert [r[0] for r in cur.fetchall()] == want
+        assert backend_connections(sandbox, "ds_0", POOL_USER) <= POOL_SIZE
+        assert_healthy(proxy)
+        assert_no_tracebacks(proxy)
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Payloads over 16 MiB, both directions, text and binary protocol
+
+BIG = 20 * 1024 * 1024
+BIG_PACKET = 64 * 1024 * 1024
+
+
+def test_payloads_over_16mb_both_ways(sandbox, sandbox_config: dict, tmp_path: Path) -> None:
+    original = admin_rows(sandbox, "ds_0", "SELECT @@GLOBAL.max_allowed_packet")[0][0]
+    # Before the proxy connects: a session takes max_allowed_packet from the global at login.
+    admin_execute(sandbox, "ds_0", f"SET GLOBAL max_allowed_packet = {BIG_PACKET}")
+    try:
+        admin_execute(sandbox, "ds_0", "DROP TABLE IF EXISTS rb_big",
+                      "CREATE TABLE rb_big (id INT PRIMARY KEY, data LONGBLOB NOT NULL)", database="demo")
+        rng = random.Random(16)
+        blobs = {i: rng.randbytes(BIG + i) for i in (1, 2, 3)}  # every byte value, quotes, NULs, ';'
+        with running_proxy(sandbox_config, tmp_path) as proxy:
+            # Text protocol: an INSERT statement over 16 MiB, then a row over 16 MiB.
+            with proxy.connect(max_allowed_packet=BIG_PACKET) as conn, conn.cursor() as cur:
+                cur.execute("INSERT INTO rb_big VALUES (1, %s)", (blobs[1],))
+                assert cur.rowcount == 1
+                cur.execute("SELECT data, LENGTH(data), SHA2(data, 256) FROM rb_big WHERE id = 1")
+                data, length, digest = cur.fetchone()
+                assert length == len(blobs[1])
+                assert digest == hashlib.sha256(blobs[1]).hexdigest()  # stored intact
+                assert data == blobs[1]                                 # read back intact
+                cur.execute("SELECT 1")  # the stream is still in step
+                assert cur.fetchone() == (1,)
+
+            # Binary protocol, client to server: server-side prepared statements with
+            # mysql-connector, one parameter inline in an execute packet over 16 MiB, one
+            # streamed with COM_STMT_SEND_LONG_DATA.
+            mc = mysql.connector.connect(host=proxy.host, port=proxy.port, user="app", password="app",
+                                         database="demo", use_pure=True, autocommit=True)
+            try:
+                cur = mc.cursor(prepared=True)
+                cur.execute("INSERT INTO rb_big VALUES (?, ?)", (2, blobs[2]))
+                cur.execute("INSERT INTO rb_big VALUES (?, ?)", (3, io.BytesIO(blobs[3])))
+                cur.execute("SELECT id, LENGTH(data) FROM rb_big WHERE id > ? ORDER BY id", (1,))
+                assert cur.fetchall() == [(2, len(blobs[2])), (3, len(blobs[3]))]
+                cur.close()
+            finally:
+                mc.close()
+
+            # Binary protocol, server to client: a binary-protocol row over 16 MiB. (Read with
+            # the raw client: mysql-connector's pure-Python reader cannot parse such rows even
+            # straight from MariaDB.)
+            c = RawClient(proxy, timeout=60)
+            c.login()
+            stmt_id, columns, params = c.prepare("SELECT data, LENGTH(data) FROM rb_big WHERE id = ?")
+            assert (columns, params) == (2, 1)
+            for i in (1, 2, 3):
+                assert c.command(execute_packet(stmt_id, [i])) == b"\x02"
+                c.read(), c.read()                 # column definitions
+                assert c.read()[:1] == b"\xfe"     # EOF
+                row = c.read()
+                assert row[:2] == b"\x00\x00"      # binary row, NULL bitmap (2 columns + 2 bits)
+                length, pos = lenenc(row, 2)
+                assert length == len(blobs[i]) and row[pos:pos + length] == blobs[i]
+                assert row[pos + length:] == struct.pack("<i", len(blobs[i]))  # LENGTH(): a LONG
+                assert c.read()[:1] == b"\xfe"     # EOF
+            assert c.query("SELECT 5") == [[b"5"]]
+            c.close()
+
+        # What the backend stored, checked on the backend itself.
+        rows = admin_rows(sandbox, "ds_0", "SELECT id, LENGTH(data), SHA2(data, 256) FROM rb_big ORDER BY id",
+                          database="demo")
+        assert [tuple(r) for r in rows] == [(i, len(b), hashlib.sha256(b).hexdigest()) for i, b in blobs.items()]
+    finally:
+        admin_execute(sandbox, "ds_0", f"SET GLOBAL max_allowed_packet = {original}",
+                      "DROP TABLE IF EXISTS rb_big", database="demo")
+
+
+# ---------------------------------------------------------------------------------------
+# 5. A backend that dies and comes back
+
+
+def test_backend_dies_and_comes_back(sandbox, sandbox_config: dict, tmp_path: Path) -> None:
+    assert sandbox_config["databases"]["other"] == {"data_source": "ds_1"}
+    admin_execute(sandbox, "ds_1", "DROP TABLE IF EXISTS rb_other",
+                  "CREATE TABLE rb_other (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL)",
+                  "INSERT INTO rb_other VALUES (1, 'before')", database="shop_ds_1")
+    with running_proxy(sandbox_config, tmp_path) as proxy:
+        survivor = proxy.connect(database="other")
+        with survivor.cursor() as cur:
+            cur.execute("SELECT v FROM rb_other WHERE id = 1")
+            assert cur.fetchone() == ("before",)
+        in_tx = proxy.connect(database="other")
+        in_tx.begin()
+        with in_tx.cursor() as cur:
+            cur.execute("INSERT INTO rb_other VALUES (2, 'uncommitted')")
+        try:
+            with BackgroundTraffic(proxy):  # a `demo` (ds_0) client, busy the whole time
+                sandbox.stop_instance("ds_1")
+
+                # The session whose transaction lived on ds_1 learns it is lost, then is closed.
+                with pytest.raises(pymysql.err.OperationalError) as info:
+                    in_tx.cursor().execute("SELECT COUNT(*) FROM rb_other")
+                code, message = info.value.args
+                assert code == 2013 and "'ds_1'" in message, info.value.args
+                with pytest.raises(pymysql.err.OperationalError):
+                    in_tx.cursor().execute("SELECT 1")
+
+                # A session without state gets a clear error per statement and lives on.
+                for _ in range(3):
+                    with pytest.raises(pymysql.err.OperationalError) as info:
+                        survivor.cursor().execute("SELECT v FROM rb_other WHERE id = 1")
+                    code, message = info.value.args
+                    assert code in (2003, 2013) and "'ds_1'" in message, info.value.args
+                # Once no pooled connection is left, it is "can't connect" naming the address.
+                assert code == 2003 and "Can't connect to data source 'ds_1'" in message, message
+                # New sessions: PyMySQL's SET NAMES at connect already needs the backend.
+                with pytest.raises(pymysql.err.OperationalError) as info:
+                    proxy.connect(database="other")
+                assert info.value.args[0] == 2003 and "'ds_1'" in info.value.args[1]
+                # ds_0 is unaffected, on existing and new sessions.
+                assert_healthy(proxy)
+        finally:
+            sandbox.start_instance("ds_1")
+
+        # ds_1 is back: the surviving session and new ones work again, at the first try.
+        with survivor.cursor() as cur:
+            cur.execute("SELECT id, v FROM rb_other ORDER BY id")
+            assert cur.fetchall() == ((1, "before"),)  # the lost transaction never committed
+        survivor.close()
+        with proxy.connect(database="other") as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO rb_other VALUES (3, 'after')")
+            cur.execute("SELECT id, v FROM rb_other ORDER BY id")
+            assert cur.fetchall() == ((1, "before"), (3, "after"))
+        assert_healthy(proxy)
+        assert_no_tracebacks(proxy)
+    sandbox.sync_replicas()  # leave the replica of ds_1 caught up for the tests that follow
+
+
+def test_pooled_connection_closed_by_server_is_not_handed_out(rb_proxy: Proxy, sandbox) -> None:
+    """A backend connection the server closed while it sat idle in the pool (a restart,
+    wait_timeout, KILL) must not cost a stateless client a 'Lost connection' error."""
+    with rb_proxy.connect() as conn, conn.cursor() as cur:
+        for _ in range(3):
+            cur.execute("SELECT CONNECTION_ID()")  # the backend session the pool lent us
+            backend_id = cur.fetchone()[0]
+            admin_execute(sandbox, "ds_0", f"KILL CONNECTION {backend_id}")
+            wait_until(lambda gone=backend_id: not admin_rows(
+                sandbox, "ds_0", "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", (gone,)),
+                what=f"backend session {backend_id} to go")
+            cur.execute("SELECT CONNECTION_ID(), 6 * 7")
+            new_id, answer = cur.fetchone()
+            assert answer == 42 and new_id != backend_id
+    assert_no_tracebacks(rb_proxy)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. TLS towards clients
+
+
+def test_tls_clients(sandbox_config: dict, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    config = {**sandbox_config, "listen": {"tls": {"cert": str(cert), "key": str(key)}}}
+    with running_proxy(config, tmp_path) as proxy:
+        # Verified against the certificate (host name 127.0.0.1 is in its subjectAltName).
+        for ssl_options in ({"ca": str(cert)}, {"check_hostname": False, "verify_mode": ssl.CERT_NONE}):
+            with proxy.connect(ssl=ssl_options) as conn, conn.cursor() as cur:
+                sock = conn._sock
+                assert isinstance(sock, ssl.SSLSocket), type(sock)
+                assert sock.version() in ("TLSv1.2", "TLSv1.3") and sock.cipher() is not None
+                cur.execute("SELECT 6 * 7, 'é😀'")
+                assert cur.fetchone() == (42, "é😀")
+                # A result much larger than one TLS record.
+                cur.execute("SELECT REPEAT('z', 3000000)")
+                assert cur.fetchone() == ("z" * 3000000,)
+
+        # The mariadb command-line client, verifying the server certificate.
+        result = subprocess.run(
+            ["mariadb", "--no-defaults", "-h", proxy.host, "-P", str(proxy.port), "-u", "app", "-papp",
+             "--ssl", f"--ssl-ca={cert}", "--ssl-verify-server-cert", "demo",
+             "-e", "status; SELECT CONCAT('answer=', 6 * 7)"],
+            capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert "Cipher in use is" in result.stdout, result.stdout
+        assert "answer=42" in result.stdout
+
+        # Without a trusted CA the client refuses the self-signed certificate.
+        result = subprocess.run(
+            ["mariadb", "--no-defaults", "-h", proxy.host, "-P", str(proxy.port), "-u", "app", "-papp",
+             "--ssl", "--ssl-verify-server-cert", "demo", "-e", "SELECT 1"],
+            capture_output=True, text=True, timeout=30)
+        assert result.returncode != 0 and "certificate" in result.stderr.lower(), result.stderr
+
+        # Plain-text clients are still served (TLS is offered, not required). PyMySQL without
+        # ssl options upgrades whenever the server offers it ("preferred").
+        with proxy.connect() as conn:
+            assert isinstance(conn._sock, ssl.SSLSocket)
+        with proxy.connect(ssl_disabled=True) as conn, conn.cursor() as cur:
+            assert not isinstance(conn._sock, ssl.SSLSocket)
+            cur.execute("SELECT 6 * 7")
+            assert cur.fetchone() == (42,)
+        assert_healthy(proxy)
+
+        # SSL request and ClientHello in one TCP segment (the mariadb CLI does this at times).
+        for _ in range(5):
+            c = tls_client_sending_hello_early(proxy, cert)
+            c.login(seq=2)
+            assert c.query("SELECT 6 * 7") == [[b"42"]]
+            c.close()
+
+        # An SSL request followed by bytes that are no TLS handshake: a clean disconnect.
+        c = RawClient(proxy)
+        c.send(struct.pack("<IIB", RAW_CLIENT_CAPS | CLIENT_SSL, 1 << 24, 45) + bytes(23), seq=1)
+        c.send_raw(b"\x16\x03\x01\x00\x05 this is no ClientHello" * 4)
+        assert c.closed_by_server()
+        assert_healthy(proxy)

@@ -241,7 +241,7 @@ class Session:
         }
         writer = self.writer
         while True:
-            payload = await self.packets.read()
+            payload = await self._next_command()
             if not payload:
                 raise MalformedPacket("empty command packet")
             command = payload[0]
@@ -260,6 +260,19 @@ class Session:
                 self.send_error(ProxyError(exc.err.code, exc.err.sqlstate, exc.err.message))
             if writer.transport.get_write_buffer_size() > 65536:
                 await writer.drain()
+
+    async def _next_command(self) -> bytes:
+        """The client's next command. A backend connection kept only for the statements after
+        an AUTO_INCREMENT insert (or warnings) goes back to the pool if the client idles."""
+        if self.held is None or not self.keep_for_statements or self.pin_reasons or self.held.in_transaction \
+                or self._has_cursor():
+            return await self.packets.read()
+        read = asyncio.ensure_future(self.packets.read())
+        done, _ = await asyncio.wait({read}, timeout=self.config.auto_increment_delay_multiplex_timeout_s)
+        if not done:
+            self.keep_for_statements = 0
+            self._return_held(force=False)
+        return await read
 
     # -- backend connections ---------------------------------------------------------------------
 

@@ -21,14 +21,14 @@ from sqlglot.errors import ParseError
 
 from sharding import planner
 from sharding.errors import ShardingError
-from sharding.merge import Aggregate, MergePlan, OrderItem, merge
+from sharding.merge import Aggregate, MergePlan, OrderItem, merge, mysql_sort_key
 from sharding.rules import ShardingRuleSet
 
 from .. import errors
 from ..backend.connection import BackendConnection, BackendError, QueryResult
 from ..errors import ProxyError
-from ..protocol.constants import Command
-from ..protocol.packets import Column, eof_packet, lenenc_int, ok_packet
+from ..protocol.constants import COLLATION_BINARY, Command, FieldFlag, FieldType
+from ..protocol.packets import Column, column_definition, eof_packet, lenenc_int, ok_packet
 from ..protocol.scanner import ResponseKind
 from ..protocol.textvalues import collation_of, decode_rows, encode_row
 from .transactions import GlobalTransaction
@@ -292,7 +292,7 @@ class ShardedExecutor:
             order_by=tuple(OrderItem(at(i), desc, collations[at(i)]) for i, desc in spec.order_by),
             group_by=tuple(OrderItem(at(i), False, collations[at(i)]) for i in spec.group_by),
             aggregates=tuple(_aggregate(kind, at(i), s, c, at, collations) for kind, i, s, c in spec.aggregates),
-            having=_having(spec, at) if spec.having is not None else None,
+            having=_having(spec, at, collations) if spec.having is not None else None,
             distinct=spec.distinct,
             offset=spec.offset,
             limit=spec.limit,
@@ -307,6 +307,13 @@ class ShardedExecutor:
             p = bytearray(packets[i])
             p[-3] = min(p[-3] + 4, 38)
             packets[i] = bytes(p)
+        for kind, i, _, _ in spec.aggregates:
+            if kind == "COUNT_DISTINCT" and 0 <= i < len(packets):
+                # The shards returned the distinct values themselves; the merged count is a
+                # BIGINT NOT NULL, as MySQL describes COUNT(...).
+                packets[i] = column_definition(Column(fields[i].name, type=FieldType.LONGLONG, length=21,
+                                                      flags=FieldFlag.NOT_NULL | FieldFlag.BINARY,
+                                                      charset=COLLATION_BINARY))
         if binary is not None:
             packets = binary.field_packets
         self._send_rows(packets, rows, binary.encode_row if binary is not None else encode_row)
@@ -408,42 +415,97 @@ def _aggregate(kind: str, index: int, sum_index: int | None, count_index: int | 
     return Aggregate(kind, index, collation=collations[index] if kind in ("MIN", "MAX") else None)
 
 
-def _having(spec: planner.SelectMerge, at: Callable[[int], int]) -> Callable[[tuple], bool]:
+def _having(spec: planner.SelectMerge, at: Callable[[int], int],
+            collations: Sequence[str | None] = ()) -> Callable[[tuple], bool]:
+    """HAVING over merged rows, with SQL's three-valued logic; strings compare under the
+    collation of the column they are compared with."""
     columns = {k: at(v) for k, v in spec.having_columns.items()}
     expression = spec.having
 
-    def value(node: exp.Expression, row: tuple) -> Any:
+    def index_of(node: exp.Expression) -> int | None:
         key = node.sql(dialect=planner.DIALECT)
         if key in columns:
-            return row[columns[key]]
+            return columns[key]
         if isinstance(node, exp.Column) and node.name.lower() in columns:
-            return row[columns[node.name.lower()]]
+            return columns[node.name.lower()]
+        return None
+
+    def collation(*nodes: exp.Expression) -> str | None:
+        for node in nodes:
+            while isinstance(node, exp.Paren):
+                node = node.this
+            index = index_of(node)
+            if index is not None and index < len(collations) and collations[index]:
+                return collations[index]
+        return "utf8mb4_general_ci"
+
+    def compare(op: Callable[[Any, Any], Any], a: Any, b: Any, coll: str | None) -> Any:
+        if a is None or b is None:
+            return None
+        if isinstance(a, str) and isinstance(b, str):
+            return op(mysql_sort_key(a, coll), mysql_sort_key(b, coll))
+        if isinstance(a, str) != isinstance(b, str):  # MySQL compares a string with a number as numbers
+            a, b = _as_number(a), _as_number(b)
+        return op(a, b)
+
+    def value(node: exp.Expression, row: tuple) -> Any:
+        index = index_of(node)
+        if index is not None:
+            return row[index]
         if isinstance(node, exp.Paren):
             return value(node.this, row)
         if isinstance(node, exp.Literal):
             return node.this if node.is_string else _number(node.this)
         if isinstance(node, exp.Null):
             return None
+        if isinstance(node, exp.Boolean):
+            return 1 if node.this else 0
         if isinstance(node, exp.Neg):
             v = value(node.this, row)
             return None if v is None else -v
         if isinstance(node, exp.Not):
             v = value(node.this, row)
             return None if v is None else not v
-        if isinstance(node, exp.And):
-            return bool(value(node.this, row)) and bool(value(node.expression, row))
-        if isinstance(node, exp.Or):
-            return bool(value(node.this, row)) or bool(value(node.expression, row))
+        if isinstance(node, (exp.And, exp.Or)):
+            a, b = value(node.this, row), value(node.expression, row)
+            decisive = isinstance(node, exp.Or)  # TRUE decides OR, FALSE decides AND
+            if (a is not None and bool(a) == decisive) or (b is not None and bool(b) == decisive):
+                return decisive
+            return None if a is None or b is None else not decisive
+        if isinstance(node, exp.Is):
+            return value(node.this, row) is None  # only IS NULL parses into Is here
+        if isinstance(node, exp.Between):
+            coll = collation(node.this)
+            v = value(node.this, row)
+            low = compare(lambda x, y: x >= y, v, value(node.args["low"], row), coll)
+            high = compare(lambda x, y: x <= y, v, value(node.args["high"], row), coll)
+            if low is False or high is False:
+                return False
+            return None if low is None or high is None else True
+        if isinstance(node, exp.In):
+            coll = collation(node.this)
+            v = value(node.this, row)
+            results = [compare(lambda x, y: x == y, v, value(item, row), coll) for item in node.expressions]
+            if any(results):
+                return True
+            return None if any(r is None for r in results) else False
         op = _BINARY.get(type(node))
         if op is not None:
             a, b = value(node.this, row), value(node.expression, row)
-            if a is None or b is None:
-                return None
-            return op(a, b)
+            if type(node) in _ARITHMETIC:
+                return None if a is None or b is None else op(a, b)
+            return compare(op, a, b, collation(node.this, node.expression))
         raise ShardingError(f"HAVING {expression.sql(dialect=planner.DIALECT)} across shards uses "
                             f"{node.sql(dialect=planner.DIALECT)}, which the merge cannot evaluate")
 
     return lambda row: bool(value(expression, row))
+
+
+def _as_number(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    match = re.match(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value)
+    return _number(match.group(0).strip()) if match else 0
 
 
 def _number(text: str) -> Any:
@@ -460,6 +522,7 @@ _BINARY = {
     exp.Add: lambda a, b: a + b, exp.Sub: lambda a, b: a - b, exp.Mul: lambda a, b: a * b,
     exp.Div: lambda a, b: None if b == 0 else a / b,
 }
+_ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div)
 
 
 def _like_regex(pattern: str) -> re.Pattern[str]:
