@@ -178,7 +178,10 @@ def _intersect(a: dict[str, ConditionValue], b: dict[str, ConditionValue]) -> di
         if mine is None:
             merged[column] = cond
         elif isinstance(mine, ExactValues) and isinstance(cond, ExactValues):
-            merged[column] = ExactValues(v for v in mine.values if v in cond.values)
+            # Narrow only between numbers: MySQL also equates values Python does not
+            # ('5' = 5, 'a' = 'A' under a _ci collation); keeping one side is a superset.
+            if all(_is_number(v) for v in (*mine.values, *cond.values)):
+                merged[column] = ExactValues(v for v in mine.values if v in cond.values)
         elif isinstance(cond, ExactValues):
             merged[column] = cond
         elif isinstance(mine, ValueRange) and isinstance(cond, ValueRange):
@@ -189,6 +192,10 @@ def _intersect(a: dict[str, ConditionValue], b: dict[str, ConditionValue]) -> di
                 continue
             merged[column] = ValueRange(low, high, low_inc, high_inc)
     return merged
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, Decimal))
 
 
 def _tighter(a: Any, a_inclusive: bool, b: Any, b_inclusive: bool, pick: Callable[[Any, Any], Any]) -> tuple[Any, bool]:

@@ -8,7 +8,7 @@ cannot run correctly across shards raises ShardingError with the reason, never a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,10 +160,23 @@ def parse_statement(sql: str) -> exp.Expression:
     replace = re.match(r"\s*REPLACE\b", sql, re.I)
     if replace:
         sql = sql[:replace.start()] + " INSERT" + sql[replace.end():]
-    tree = sqlglot.parse_one(conditions.number_placeholders(sql), read=DIALECT)
+    text = conditions.number_placeholders(sql)
+    tree = sqlglot.parse_one(text, read=DIALECT)
     if replace and isinstance(tree, exp.Insert):
         tree.meta["replace"] = True
+    if tree is not None:
+        _keep_0x_literals(tree, text)
     return tree
+
+
+def _keep_0x_literals(tree: exp.Expression, text: str) -> None:
+    """sqlglot reads 0x41 and X'41' alike and writes X'41' back, but they differ: MariaDB
+    compares 0x41 with a number as the number 65 and X'41' as the string 'A'. Keep the 0x
+    spelling verbatim (as an opaque token, so routing treats it as unknown, never guesses)."""
+    for node in list(tree.find_all(exp.HexString)):
+        start, end = node.meta.get("start"), node.meta.get("end")
+        if isinstance(start, int) and isinstance(end, int) and text[start:start + 2].lower() == "0x":
+            node.replace(exp.Var(this=text[start:end + 1]))
 
 
 @dataclass
@@ -193,10 +206,15 @@ def _route_tables(refs: list[_TableRef], rules: ShardingRuleSet, where: exp.Expr
         alias_to_table[r.name] = r.name
     sharding_columns = {c for t in sharded for c in rules.table_rule(t).sharding_columns}
 
+    resolve = _column_resolver(where.root(), refs, rules) if where is not None else None
+
     def column_of(column: exp.Column) -> str | None:
         name = column.name.lower()
         if name not in sharding_columns:
             return None
+        if resolve is not None:
+            ref = resolve(column)
+            return name if ref is not None and ref.name in sharded else None
         qualifier = column.table.lower() if column.table else None
         if qualifier is not None and alias_to_table.get(qualifier) not in sharded:
             return None
@@ -242,7 +260,10 @@ def _plan_select(tree: exp.Select, rules: ShardingRuleSet, logical_db: str, para
                  positions: dict[int, int], sql_text: str | None) -> Plan:
     refs = _table_refs(tree, logical_db)
     _refuse_sharded_subqueries(tree, rules, logical_db)
-    route = _route_tables(refs, rules, tree.args.get("where"), params, positions)
+    _check_colocated(tree, refs, rules)
+    route = _route_tables(refs, rules, _routing_scope(tree, refs, rules).args.get("where"), params, positions)
+    if len(route.units) > 1:
+        _refuse_per_shard_repeats(tree, refs, rules)
     if len(route.units) == 1:
         ds, mapping = route.units[0]
         needs_rewrite = bool(mapping) or any(r.node.db for r in refs)
@@ -268,6 +289,202 @@ def _refuse_sharded_subqueries(tree: exp.Select, rules: ShardingRuleSet, logical
                                 "tables; it would see only one shard's rows")
 
 
+# ---------------------------------------------------------------------------------------
+# Query levels: which rows of which shard a statement may combine
+
+_SCOPES = (exp.Select, exp.Update, exp.Delete)
+
+
+def _scope_of(node: exp.Expression) -> exp.Expression | None:
+    """The query level (SELECT / UPDATE / DELETE) a node belongs to."""
+    parent = node.parent
+    while parent is not None and not isinstance(parent, _SCOPES):
+        parent = parent.parent
+    return parent
+
+
+def _sources(tree: exp.Expression) -> dict[int, list[exp.Expression]]:
+    """Per query level (by id): what it reads, tables and derived tables."""
+    found: dict[int, list[exp.Expression]] = {}
+    for node in tree.find_all(exp.From, exp.Join):
+        scope = _scope_of(node)
+        if scope is not None:
+            found.setdefault(id(scope), []).append(node.this)
+    for node in tree.find_all(exp.Update, exp.Delete):
+        if isinstance(node.this, exp.Table):
+            found.setdefault(id(node), []).append(node.this)
+    return found
+
+
+def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return _conjuncts(node.this) + _conjuncts(node.expression)
+    return [node]
+
+
+def _column_resolver(tree: exp.Expression, refs: list[_TableRef],
+                     rules: ShardingRuleSet) -> Callable[[exp.Column], _TableRef | None]:
+    """Which table a column reads, when that is certain (else None): by its qualifier, or
+    unqualified in a level reading one table, or a sharding column of the only sharded
+    table of a level that reads no derived table (MySQL rejects ambiguous names)."""
+    ref_of_node = {id(r.node): r for r in refs}
+    sources = _sources(tree)
+
+    def resolve(column: exp.Column) -> _TableRef | None:
+        qualifier = column.table.lower() if column.table else None
+        name = column.name.lower()
+        scope = _scope_of(column)
+        while scope is not None:
+            here = sources.get(id(scope), [])
+            if qualifier is not None:
+                for source in here:
+                    if source.alias_or_name.lower() == qualifier:
+                        return ref_of_node.get(id(source))  # None for a derived table
+            elif len(here) == 1:
+                return ref_of_node.get(id(here[0]))
+            elif here:
+                known = [ref_of_node.get(id(source)) for source in here]
+                if any(r is None for r in known):
+                    return None  # a derived table (or a CTE) may be the one with that column
+                owners = [r for r in known if r is not None and rules.is_sharded(r.name)
+                          and name in rules.table_rule(r.name).sharding_columns]
+                return owners[0] if len(owners) == 1 else None
+            scope = _scope_of(scope)
+        return None
+
+    return resolve
+
+
+def _check_colocated(tree: exp.Expression, refs: list[_TableRef], rules: ShardingRuleSet) -> None:
+    """Bound tables (and a table joined with itself) are read per node, so each shard only
+    joins its own rows: that is right only when the statement makes matching rows agree on
+    every sharding column. Require an equality (ON, WHERE, USING, or IN (SELECT ...), as a
+    conjunct) for each sharding column between every sharded table and the first one."""
+    sharded = [r for r in refs if rules.is_sharded(r.name)]
+    if len(sharded) < 2:
+        return
+    ref_of_node = {id(r.node): r for r in refs}
+    sources = _sources(tree)
+    resolve = _column_resolver(tree, refs, rules)
+    parent: dict[tuple[int, str], tuple[int, str]] = {}
+
+    def find(key: tuple[int, str]) -> tuple[int, str]:
+        while parent.get(key, key) != key:
+            key = parent[key]
+        return key
+
+    def union(a: exp.Expression, b: exp.Expression) -> None:
+        if not (isinstance(a, exp.Column) and isinstance(b, exp.Column)):
+            return
+        ra, rb = resolve(a), resolve(b)
+        if ra is not None and rb is not None:
+            parent[find((id(ra.node), a.name.lower()))] = find((id(rb.node), b.name.lower()))
+
+    for holder in tree.find_all(exp.Where, exp.Join):
+        condition = holder.this if isinstance(holder, exp.Where) else holder.args.get("on")
+        for conjunct in _conjuncts(condition) if condition is not None else ():
+            if isinstance(conjunct, exp.EQ):
+                union(conjunct.this, conjunct.expression)
+            elif isinstance(conjunct, exp.In) and conjunct.args.get("query") is not None:
+                query = conjunct.args["query"]
+                inner = query.this if isinstance(query, exp.Subquery) else query
+                if isinstance(inner, exp.Select):
+                    left = conjunct.this.expressions if isinstance(conjunct.this, exp.Tuple) else [conjunct.this]
+                    right = [p.this if isinstance(p, exp.Alias) else p for p in inner.expressions]
+                    if len(left) == len(right):
+                        for a, b in zip(left, right, strict=True):
+                            union(a, b)
+        using = holder.args.get("using") if isinstance(holder, exp.Join) else None
+        joined = ref_of_node.get(id(holder.this)) if using else None
+        if joined is not None:
+            scope = _scope_of(holder)
+            others = [ref_of_node.get(id(src)) for src in sources.get(id(scope), []) if src is not holder.this]
+            others_sharded = [r for r in others if r is not None and rules.is_sharded(r.name)]
+            if len(others_sharded) == 1:
+                for name in using:
+                    key = name.name.lower()
+                    parent[find((id(joined.node), key))] = find((id(others_sharded[0].node), key))
+
+    first = sharded[0]
+    first_rule = rules.table_rule(first.name)
+    for other in sharded[1:]:
+        rule = rules.table_rule(other.name)
+        for mine, theirs in ((first_rule.database_strategy, rule.database_strategy),
+                             (first_rule.table_strategy, rule.table_strategy)):
+            for a, b in zip(mine.columns if mine else (), theirs.columns if theirs else (), strict=False):
+                if find((id(first.node), a.lower())) != find((id(other.node), b.lower())):
+                    left, right = first.alias or first.name, other.alias or other.name
+                    columns = ", ".join(first_rule.sharding_columns)
+                    raise ShardingError(
+                        f"{first.name} {left} and {other.name} {right} are not matched on sharding column "
+                        f"{a}: rows that match may live on different shards, and each shard only combines its "
+                        f"own rows; join them on every sharding column ({columns}), e.g. "
+                        f"{right}.{b} = {left}.{a}")
+
+
+def _routing_scope(tree: exp.Select, refs: list[_TableRef], rules: ShardingRuleSet) -> exp.Select:
+    """The query level whose WHERE routes: the statement, or when it reads only one derived
+    table (and no sharded table itself), that derived table's level, recursively."""
+    scope = tree
+    while True:
+        if any(rules.is_sharded(r.name) and _scope_of(r.node) is scope for r in refs) or scope.args.get("joins"):
+            return scope
+        source = scope.args.get("from_") or scope.args.get("from")
+        inner = source.this if source is not None else None
+        if not (isinstance(inner, exp.Subquery) and isinstance(inner.this, exp.Select)):
+            return scope
+        scope = inner.this
+
+
+def _not_row_local(select: exp.Select) -> str | None:
+    """What makes a derived table's rows depend on rows of other shards, if anything."""
+    for arg, what in (("group", "GROUP BY"), ("having", "HAVING"), ("distinct", "DISTINCT"), ("limit", "LIMIT"),
+                      ("offset", "OFFSET")):
+        if select.args.get(arg):
+            return what
+    if any(_contains_aggregate(p) for p in select.expressions):
+        return "an aggregate"
+    if select.find(exp.Window):
+        return "a window function"
+    return None
+
+
+def _refuse_per_shard_repeats(tree: exp.Select, refs: list[_TableRef], rules: ShardingRuleSet) -> None:
+    """With several units every unit runs the whole statement over its own rows. That is
+    right when each sharded table is read by the statement's own level (merged after),
+    through derived tables that keep rows as they are, or by a subquery of a level that
+    itself reads a sharded table (co-located, see _check_colocated)."""
+    window = tree.find(exp.Window)
+    if window is not None:
+        raise ShardingError(f"window function {_sql(window)} across shards would see one shard's rows only; "
+                            "route the query to one shard (conditions on the sharding columns) or compute it "
+                            "in the application")
+    for ref in refs:
+        if not rules.is_sharded(ref.name):
+            continue
+        scope = _scope_of(ref.node)
+        while scope is not None and scope is not tree:
+            holder = scope.parent
+            if isinstance(holder, exp.Subquery) and isinstance(holder.parent, (exp.From, exp.Join)):
+                reason = _not_row_local(scope)
+                if reason:
+                    raise ShardingError(
+                        f"the derived table {holder.alias or '(unnamed)'} over sharded table {ref.name} uses "
+                        f"{reason}, which every shard would compute over its own rows only; add conditions on "
+                        "the sharding columns inside it so it runs on one shard, or compute it in the application")
+                scope = _scope_of(holder)
+                continue
+            outer = _scope_of(scope)
+            if not any(rules.is_sharded(r.name) and _scope_of(r.node) is outer for r in refs):
+                raise ShardingError(
+                    f"a subquery over sharded table {ref.name} inside a query level that reads no sharded table "
+                    "itself would run once per shard and repeat or miss rows; query the sharded table directly "
+                    "or route the statement to one shard")
+            break
+
+
 _AGGREGATES = {exp.Count: "COUNT", exp.Sum: "SUM", exp.Min: "MIN", exp.Max: "MAX", exp.Avg: "AVG"}
 
 
@@ -279,20 +496,42 @@ def _aggregate_kind(node: exp.Expression) -> str | None:
 
 
 def _contains_aggregate(node: exp.Expression) -> bool:
-    return any(_aggregate_kind(n) for n in node.walk())
+    """An aggregate of this query level (aggregates inside a subquery belong to the subquery)."""
+    nested = (exp.Subquery, exp.Select, exp.Exists)
+    return any(_aggregate_kind(n) for n in node.walk(prune=lambda n: n is not node and isinstance(n, nested)))
 
 
 def _shape_for_merge(select: exp.Select) -> SelectMerge:
     """Rewrite ``select`` (in place) into what each shard runs, and say how to merge."""
     merge = SelectMerge()
+    for node in select.walk(prune=lambda n: n is not select and isinstance(n, (exp.Subquery, exp.Select))):
+        if isinstance(node, exp.AggFunc) and _aggregate_kind(node) is None:
+            raise ShardingError(f"{_sql(node)} across shards is not supported (the merge combines COUNT, SUM, "
+                                "MIN, MAX, AVG and one COUNT(DISTINCT ...)); route the query to one shard")
     projections = list(select.expressions)
     has_star = any(isinstance(p, exp.Star) or (isinstance(p, exp.Column) and isinstance(p.this, exp.Star))
                    for p in projections)
     derived: list[exp.Expression] = []
 
     def add_derived(expression: exp.Expression) -> int:
+        # The k-th derived column (0-based) is marked -(k + 1) here; once the number of
+        # derived columns is known, the marks become positions from the end of the row.
         derived.append(exp.alias_(expression.copy(), f"__dbmesh_{len(derived)}", quoted=True))
-        return -len(derived)  # resolved from the end of the row later
+        return -len(derived)
+
+    def add_aggregate(node: exp.Expression, kind: str) -> int:
+        """An aggregate that HAVING or ORDER BY uses but the select list lacks: a derived
+        column that the merge aggregates like a selected one."""
+        argument = node.this
+        if isinstance(argument, exp.Distinct):
+            raise ShardingError(f"{_sql(node)} across shards is supported only as a column of the select list")
+        if kind == "AVG":
+            sum_index = add_derived(exp.Sum(this=argument.copy()))
+            merge.aggregates.append(("AVG", sum_index, sum_index, add_derived(exp.Count(this=argument.copy()))))
+            return sum_index
+        index = add_derived(node)
+        merge.aggregates.append((kind, index, None, None))
+        return index
 
     key_of = {}
     for i, p in enumerate(projections):
@@ -309,6 +548,12 @@ def _shape_for_merge(select: exp.Select) -> SelectMerge:
         found = key_of.get(_sql(expression))
         if found is not None and not has_star:
             return found
+        kind = _aggregate_kind(expression)
+        if kind is not None:
+            return add_aggregate(expression, kind)
+        if _contains_aggregate(expression):
+            raise ShardingError(f"the expression {_sql(expression)} combines aggregates; across shards each "
+                                "aggregate must be a column of its own")
         return add_derived(expression)
 
     group = select.args.get("group")
@@ -362,12 +607,23 @@ def _shape_for_merge(select: exp.Select) -> SelectMerge:
     having = select.args.get("having")
     if having is not None:
         merge.having = having.this.copy()
-        for node in having.this.walk():
-            if _aggregate_kind(node):
-                merge.having_columns[_sql(node)] = index_for(node)
         for i, p in enumerate(projections):
             if isinstance(p, exp.Alias):
                 merge.having_columns[p.alias.lower()] = i
+        pending = [having.this]
+        while pending:
+            node = pending.pop()
+            if _aggregate_kind(node) or isinstance(node, exp.Column):
+                key = node.name.lower() if isinstance(node, exp.Column) and not node.table else _sql(node)
+                if key not in merge.having_columns:
+                    merge.having_columns[key] = index_for(node)
+                continue
+            if not isinstance(node, _HAVING_NODES) or (isinstance(node, exp.Is)
+                                                         and not isinstance(node.expression, exp.Null)):
+                raise ShardingError(f"HAVING {_sql(having.this)} across shards uses {_sql(node)}, which the "
+                                    "merge cannot evaluate; keep to comparisons, AND/OR/NOT, BETWEEN, IN "
+                                    "lists, IS NULL and arithmetic over aggregates and grouped columns")
+            pending.extend(node.iter_expressions())
         select.set("having", None)
 
     merge.distinct = bool(select.args.get("distinct"))
@@ -379,11 +635,26 @@ def _shape_for_merge(select: exp.Select) -> SelectMerge:
     else:
         select.set("limit", None)
     select.set("offset", None)
-    if aggregating and order:
-        select.set("order", None)  # the merge sorts groups itself
+    if (merge.aggregates or merge.group_by) and order:
+        select.set("order", None)  # the merge sorts groups itself (DISTINCT keeps the shards sorted)
     select.set("expressions", projections + derived)
     merge.hidden = len(derived)
+
+    def resolve(index: int) -> int:
+        return index if index >= 0 else -(len(derived) + index + 1)  # -(k + 1) -> -(n - k)
+
+    merge.order_by = [(resolve(i), desc) for i, desc in merge.order_by]
+    merge.group_by = [resolve(i) for i in merge.group_by]
+    merge.aggregates = [(kind, resolve(i), None if s is None else resolve(s), None if c is None else resolve(c))
+                        for kind, i, s, c in merge.aggregates]
+    merge.having_columns = {k: resolve(v) for k, v in merge.having_columns.items()}
     return merge
+
+
+# Expressions the merge can evaluate in HAVING (besides aggregates and columns).
+_HAVING_NODES = (exp.Paren, exp.Literal, exp.Null, exp.Boolean, exp.Neg, exp.Not, exp.And, exp.Or, exp.EQ,
+                 exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Between,
+                 exp.In, exp.Is)
 
 
 def _limit_offset(select: exp.Select) -> tuple[int | None, int]:
@@ -409,18 +680,40 @@ def _plan_set_operation(tree: exp.Expression, rules: ShardingRuleSet, logical_db
                         params: Sequence[Any] | None, positions: dict[int, int], sql_text: str | None) -> Plan:
     refs = _table_refs(tree, logical_db)
     if any(rules.is_sharded(r.name) for r in refs):
-        sides = [s for s in (tree.left, tree.right) if isinstance(s, exp.Select)]
-        routes = [_route_tables(_table_refs(s, logical_db), rules, s.args.get("where"), params, positions)
-                  for s in sides]
-        if any(len(r.units) != 1 for r in routes) or len({r.units[0][0] for r in routes}) != 1:
+        sides = _set_operation_sides(tree)
+        if sides is None:
+            raise ShardingError("UNION over sharded tables is supported only between plain SELECTs")
+        routes = []
+        for side in sides:
+            side_refs = _table_refs(side, logical_db)
+            _refuse_sharded_subqueries(side, rules, logical_db)
+            _check_colocated(side, side_refs, rules)
+            where = _routing_scope(side, side_refs, rules).args.get("where")
+            flexible = all(rules.is_broadcast(r.name) for r in side_refs)  # the same rows everywhere
+            routes.append((_route_tables(side_refs, rules, where, params, positions), flexible))
+        fixed = [route for route, flexible in routes if not flexible]
+        if any(len(r.units) != 1 for r in fixed) or len({r.units[0][0] for r in fixed}) != 1:
             raise ShardingError("UNION over sharded tables is supported only when every side routes to the same "
                                 "single shard; run the sides as separate queries")
-        mapping: dict[str, str] = {}
-        for r in routes:
-            mapping.update(r.units[0][1])
-        return Plan("select", [RouteUnit(routes[0].units[0][0], _sql(_rename(tree, mapping, logical_db)))])
+        # Each side keeps its own actual tables (two sides may read different tables of a shard).
+        combined = tree.copy()
+        for copy, (route, _) in zip(_set_operation_sides(combined) or [], routes, strict=True):
+            copy.replace(_rename(copy, route.units[0][1], logical_db))
+        return Plan("select", [RouteUnit(fixed[0].units[0][0], _sql(_rename(combined, {}, logical_db)))])
     ds = rules.default_data_source
     return Plan("select", [RouteUnit(ds, sql_text or _sql(_rename(tree, {}, logical_db)))])
+
+
+def _set_operation_sides(node: exp.Expression) -> list[exp.Select] | None:
+    """The SELECTs a UNION / INTERSECT / EXCEPT combines, in order (None if one is something else)."""
+    if isinstance(node, exp.Select):
+        return [node]
+    if isinstance(node, exp.Subquery):
+        return _set_operation_sides(node.this)
+    if isinstance(node, (exp.Union, exp.Intersect, exp.Except)):
+        left, right = _set_operation_sides(node.left), _set_operation_sides(node.right)
+        return None if left is None or right is None else left + right
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -523,6 +816,7 @@ def _plan_update_delete(tree: exp.Expression, rules: ShardingRuleSet, logical_db
             raise ShardingError("a write that mixes broadcast and single tables is not supported")
         sql = _sql(_rename(tree, {}, logical_db))
         return Plan(kind, [RouteUnit(ds, sql) for ds in rules.data_sources], write=True, broadcast=True)
+    _check_colocated(tree, refs, rules)
     route = _route_tables(refs, rules, tree.args.get("where"), params, positions)
     if len(route.units) > 1 and tree.args.get("limit") is not None:
         raise ShardingError(f"{kind.upper()} ... LIMIT on a sharded table must route to one shard; add a "
