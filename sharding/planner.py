@@ -80,14 +80,15 @@ class _TableRef:
 def plan(tree: exp.Expression, rules: ShardingRuleSet, logical_db: str,
          params: Sequence[Any] | None = None, sql_text: str | None = None) -> Plan:
     result = _plan(tree, rules, logical_db, params, sql_text)
-    result.locking = bool(tree.find(exp.Lock))
-    result.force_primary = any("dbmesh:primary" in c for node in tree.walk() for c in (node.comments or ()))
+    result.locking, result.force_primary = _static(tree, "flags", lambda: (
+        bool(tree.find(exp.Lock)),
+        any("dbmesh:primary" in c for node in tree.walk() for c in (node.comments or ()))))
     return result
 
 
 def _plan(tree: exp.Expression, rules: ShardingRuleSet, logical_db: str,
           params: Sequence[Any] | None, sql_text: str | None) -> Plan:
-    positions = conditions.placeholder_positions(tree)
+    positions = _static(tree, "positions", lambda: conditions.placeholder_positions(tree))
     if isinstance(tree, exp.Select):
         return _plan_select(tree, rules, logical_db, params, positions, sql_text)
     if isinstance(tree, exp.Insert):
@@ -106,7 +107,23 @@ def _plan(tree: exp.Expression, rules: ShardingRuleSet, logical_db: str,
 # Tables
 
 
+def _static(tree: exp.Expression, name: str, compute: Any) -> Any:
+    """What depends only on the statement's shape, kept on a tree the plan cache holds
+    (one with a render memo); computed afresh for any other tree."""
+    memo = MEMOS.get(id(tree))
+    if memo is None:
+        return compute()
+    key = ("static", name)
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
 def _table_refs(tree: exp.Expression, logical_db: str) -> list[_TableRef]:
+    return _static(tree, f"refs:{logical_db}", lambda: _find_table_refs(tree, logical_db))
+
+
+def _find_table_refs(tree: exp.Expression, logical_db: str) -> list[_TableRef]:
     cte_names = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
     refs = []
     for node in tree.find_all(exp.Table):
@@ -142,6 +159,24 @@ def _rename(tree: exp.Expression, mapping: dict[str, str], logical_db: str) -> e
                 column.set("table", exp.to_identifier(renamed_unaliased[qualifier.lower()]))
                 column.set("db", None)
     return copy
+
+
+# Memos of the trees the plan cache keeps, by id (a tree stays alive while it is cached,
+# and copies of it get no memo: their nodes are not the ones the memo refers to).
+MEMOS: dict[int, dict[Any, Any]] = {}
+
+
+def _render(tree: exp.Expression, mapping: dict[str, str], logical_db: str) -> str:
+    """SQL of ``tree`` with tables renamed. For a tree the plan cache keeps, each distinct
+    route of the statement shape is generated only once."""
+    memo = MEMOS.get(id(tree))
+    if memo is None:
+        return _sql(_rename(tree, mapping, logical_db))
+    key = (logical_db, tuple(sorted(mapping.items())))
+    sql = memo.get(key)
+    if sql is None:
+        sql = memo[key] = _sql(_rename(tree, mapping, logical_db))
+    return sql
 
 
 def _sql(tree: exp.Expression) -> str:
@@ -267,7 +302,7 @@ def _plan_select(tree: exp.Select, rules: ShardingRuleSet, logical_db: str, para
     if len(route.units) == 1:
         ds, mapping = route.units[0]
         needs_rewrite = bool(mapping) or any(r.node.db for r in refs)
-        sql = _sql(_rename(tree, mapping, logical_db)) if needs_rewrite or sql_text is None else sql_text
+        sql = _render(tree, mapping, logical_db) if needs_rewrite or sql_text is None else sql_text
         return Plan("select", [RouteUnit(ds, sql)])
     shard_tree = tree.copy()
     merge = _shape_for_merge(shard_tree)
@@ -305,6 +340,10 @@ def _scope_of(node: exp.Expression) -> exp.Expression | None:
 
 def _sources(tree: exp.Expression) -> dict[int, list[exp.Expression]]:
     """Per query level (by id): what it reads, tables and derived tables."""
+    return _static(tree, "sources", lambda: _find_sources(tree))
+
+
+def _find_sources(tree: exp.Expression) -> dict[int, list[exp.Expression]]:
     found: dict[int, list[exp.Expression]] = {}
     for node in tree.find_all(exp.From, exp.Join):
         scope = _scope_of(node)
@@ -821,7 +860,7 @@ def _plan_update_delete(tree: exp.Expression, rules: ShardingRuleSet, logical_db
     if len(route.units) > 1 and tree.args.get("limit") is not None:
         raise ShardingError(f"{kind.upper()} ... LIMIT on a sharded table must route to one shard; add a "
                             "condition on the sharding key")
-    units = [RouteUnit(ds, _sql(_rename(tree, mapping, logical_db))) for ds, mapping in route.units]
+    units = [RouteUnit(ds, _render(tree, mapping, logical_db)) for ds, mapping in route.units]
     return Plan(kind, units, write=True)
 
 

@@ -185,12 +185,15 @@ def test_metrics_per_data_source_and_role(rw_proxy):
     server_id_of(rw_proxy, "SELECT /* dbmesh:primary */ 1")
     server_id_of(rw_proxy, f"SELECT /* dbmesh:replica={REPLICA} */ 1")
     url = f"http://127.0.0.1:{config['metrics']['port']}/metrics"
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
 
     def value(pattern: str) -> float:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
         m = re.search(pattern + r" ([0-9.e+-]+)", text)
         assert m, f"{pattern} not in metrics"
         return float(m.group(1))
+
+    # An earlier test stopped replication; the probe puts the replica back shortly.
+    wait_until(lambda: value(rf'dbmesh_replica_healthy\{{data_source="demo_ds",replica="{REPLICA}"\}}') == 1)
 
     assert value(r'dbmesh_backend_statements_total\{data_source="demo_ds",role="primary"\}') > 0
     assert value(rf'dbmesh_backend_statements_total\{{data_source="demo_ds",role="{REPLICA}"\}}') > 0

@@ -7,6 +7,7 @@ import itertools
 import logging
 import ssl
 
+from sharding.plan_cache import PlanCache
 from txn import recovery
 
 from .. import metrics
@@ -35,6 +36,7 @@ class Server:
     def __init__(self, config: Config):
         self.config = config
         self.pools = pools_for(config)
+        self.plan_cache = PlanCache()  # sharded statement shapes, shared by all sessions
         self.xa_log_ready: set[str] = set()  # data sources whose XA coordinator log table exists
         self.replica_sets = {name: ReplicaSet(ds) for name, ds in config.data_sources.items() if ds.replicas}
         self.sessions: set[Session] = set()

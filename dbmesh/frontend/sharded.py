@@ -189,8 +189,18 @@ class ShardedExecutor:
         if m and (m.group("db") is None or m.group("db").lower() == session.database.lower()):
             await self._on_first_node(m.group("prefix"), m.group("table"))
             return
-        plan = self.plan(parse(sql), sql)
+        plan = self.cached_plan(sql) or self.plan(parse(sql), sql)
         await self.execute(plan)
+
+    def cached_plan(self, sql: str) -> planner.Plan | None:
+        """The plan from the shared plan cache, for statements that differ only in literals."""
+        token = planner.ROUTING_HINTS.set(self.hints(""))
+        try:
+            return self.session.server.plan_cache.plan(sql, self.rules, self.session.database)
+        except ShardingError as exc:
+            raise sharding_error(exc) from exc
+        finally:
+            planner.ROUTING_HINTS.reset(token)
 
     def plan(self, tree: exp.Expression, sql: str | None = None) -> planner.Plan:
         """Plan with the routing hints of the statement text and of the session."""
