@@ -92,6 +92,21 @@ def stop_proxy(proxy: Proxy) -> None:
         proxy.process.wait()
 
 
+def sandbox_proxy_config(sandbox: sandbox_mod.Sandbox, workdir: Path, databases: dict | None = None,
+                         replicas: bool = False) -> dict:
+    """The config `dbmesh sandbox up` writes, with ``databases`` in place of its own and,
+    unless asked for, no replicas (so every read sees the last write)."""
+    path = workdir / "sandbox-base.yaml"
+    sandbox_mod.write_config(sandbox.info(), path, listen_port=0)
+    config = yaml.safe_load(path.read_text())
+    if not replicas:
+        for ds in config["data_sources"].values():
+            ds.pop("replicas", None)
+    if databases is not None:
+        config["databases"] = databases
+    return config
+
+
 @pytest.fixture(scope="session")
 def sandbox_config(sandbox: sandbox_mod.Sandbox, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The config ``dbmesh sandbox up`` writes, plus a user limited to one database."""

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pymysql
 import pytest
-import yaml
 
-from conftest import start_proxy, stop_proxy
-from dbmesh import sandbox as sandbox_mod
+from conftest import sandbox_proxy_config, start_proxy, stop_proxy
 
 RULES = {
     "data_sources": ["ds_0", "ds_1"],
@@ -24,13 +22,9 @@ RULES = {
 
 @pytest.fixture(scope="module")
 def hint_proxy(sandbox, tmp_path_factory):
-    path = tmp_path_factory.mktemp("hint") / "hint.yaml"
-    sandbox_mod.write_config(sandbox.info(), path, listen_port=0)
-    config = yaml.safe_load(path.read_text())
-    for ds in config["data_sources"].values():
-        ds.pop("replicas", None)
-    config["databases"] = {"shop_hint": {"sharding": RULES}}
-    proxy = start_proxy(config, path.parent)
+    workdir = tmp_path_factory.mktemp("hint")
+    config = sandbox_proxy_config(sandbox, workdir, {"shop_hint": {"sharding": RULES}})
+    proxy = start_proxy(config, workdir)
     with proxy.connect(database="shop_hint") as conn, conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS hint_log")
         cur.execute("CREATE TABLE hint_log (id INT PRIMARY KEY, msg VARCHAR(20))")

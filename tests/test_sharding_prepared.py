@@ -8,10 +8,8 @@ from decimal import Decimal
 
 import mysql.connector
 import pytest
-import yaml
 
-from conftest import start_proxy, stop_proxy
-from dbmesh import sandbox as sandbox_mod
+from conftest import sandbox_proxy_config, start_proxy, stop_proxy
 
 RULES = {
     "data_sources": ["ds_0", "ds_1"],
@@ -30,13 +28,9 @@ RULES = {
 
 @pytest.fixture(scope="module")
 def ps_proxy(sandbox, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ps") / "ps.yaml"
-    sandbox_mod.write_config(sandbox.info(), path, listen_port=0)
-    config = yaml.safe_load(path.read_text())
-    for ds in config["data_sources"].values():
-        ds.pop("replicas", None)
-    config["databases"] = {"shop_ps": {"sharding": RULES}}
-    proxy = start_proxy(config, path.parent)
+    workdir = tmp_path_factory.mktemp("ps")
+    config = sandbox_proxy_config(sandbox, workdir, {"shop_ps": {"sharding": RULES}})
+    proxy = start_proxy(config, workdir)
     conn = connect(proxy)
     cur = conn.cursor()
     cur.execute("DROP TABLE IF EXISTS ps_order")

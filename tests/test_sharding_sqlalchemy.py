@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-import yaml
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from conftest import start_proxy, stop_proxy
-from dbmesh import sandbox as sandbox_mod
+from conftest import sandbox_proxy_config, start_proxy, stop_proxy
 
 RULES = {
     "data_sources": ["ds_0", "ds_1"],
@@ -53,13 +51,9 @@ class Item(Base):
 
 @pytest.fixture(scope="module")
 def engine(sandbox, tmp_path_factory):
-    path = tmp_path_factory.mktemp("sa") / "sa.yaml"
-    sandbox_mod.write_config(sandbox.info(), path, listen_port=0)
-    config = yaml.safe_load(path.read_text())
-    for ds in config["data_sources"].values():
-        ds.pop("replicas", None)
-    config["databases"] = {"shop_sa": {"sharding": RULES}}
-    proxy = start_proxy(config, path.parent)
+    workdir = tmp_path_factory.mktemp("sa")
+    config = sandbox_proxy_config(sandbox, workdir, {"shop_sa": {"sharding": RULES}})
+    proxy = start_proxy(config, workdir)
     engine = sa.create_engine(f"mysql+pymysql://app:app@127.0.0.1:{proxy.port}/shop_sa")
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)

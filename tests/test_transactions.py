@@ -14,8 +14,7 @@ import pymysql
 import pytest
 import yaml
 
-from conftest import ROOT, Proxy, free_port, start_proxy, stop_proxy
-from dbmesh import sandbox as sandbox_mod
+from conftest import ROOT, Proxy, free_port, sandbox_proxy_config, start_proxy, stop_proxy
 
 ACCOUNTS = 20
 INITIAL = 1000
@@ -29,14 +28,10 @@ RULES = {
 
 @pytest.fixture(scope="module")
 def bank_config(sandbox, tmp_path_factory):
-    path = tmp_path_factory.mktemp("bank") / "bank.yaml"
-    sandbox_mod.write_config(sandbox.info(), path, listen_port=0)
-    config = yaml.safe_load(path.read_text())
-    for ds in config["data_sources"].values():
-        ds.pop("replicas", None)
-    config["databases"] = {"bank": {"sharding": RULES, "transaction": {"mode": "XA"}}}
+    workdir = tmp_path_factory.mktemp("bank")
+    config = sandbox_proxy_config(sandbox, workdir, {"bank": {"sharding": RULES, "transaction": {"mode": "XA"}}})
     config["instance_id"] = "banktest"
-    return config, path.parent
+    return config, workdir
 
 
 @pytest.fixture
