@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     box.add_argument("--config", help="where to write the proxy config (default DIR/dbmesh.yaml)")
     box.add_argument("--purge", action="store_true", help="with down: delete the data folders")
     box.set_defaults(func=cmd_sandbox)
+
+    from shadow import provision
+
+    from . import pressure
+    provision.add_parser(sub)   # dbmesh shadow provision
+    pressure.add_parser(sub)    # dbmesh pressure
     return parser
 
 

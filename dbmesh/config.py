@@ -126,6 +126,9 @@ class LogicalDatabaseConfig:
     # Sharding rules (sharding.rules.ShardingRuleSet), validated at load.
     sharding: Any = None
     transaction: TransactionConfig = field(default_factory=TransactionConfig)
+    # Shadow traffic rules (shadow.rules.ShadowRules) and read mirroring (shadow.rules.MirrorConfig).
+    shadow: Any = None
+    mirror: Any = None
 
 
 @dataclass(frozen=True)
@@ -342,7 +345,7 @@ def _parse_databases(raw: Any, data_sources: dict[str, DataSourceConfig]) -> dic
     for name, item in section.items():
         path = f"databases.{name}"
         db = _mapping(item, path)
-        _reject_unknown(db, {"data_source", "sharding", "transaction"}, path)
+        _reject_unknown(db, {"data_source", "sharding", "transaction", "shadow", "mirror"}, path)
         ds_name = db.get("data_source")
         if ds_name is not None and ds_name not in data_sources:
             raise ConfigError(f"{path}.data_source",
@@ -353,8 +356,22 @@ def _parse_databases(raw: Any, data_sources: dict[str, DataSourceConfig]) -> dic
         rules = _parse_sharding(sharding, f"{path}.sharding", data_sources) if sharding is not None else None
         result[name] = LogicalDatabaseConfig(name=name, data_source=ds_name, sharding=rules,
                                              transaction=_parse_transaction(db.get("transaction"),
-                                                                            f"{path}.transaction", data_sources))
+                                                                            f"{path}.transaction", data_sources),
+                                             **_parse_shadow_sections(db, path, name, data_sources, ds_name, rules))
     return result
+
+
+def _parse_shadow_sections(db: dict[str, Any], path: str, name: str, data_sources: dict[str, DataSourceConfig],
+                            ds_name: str | None, rules: Any) -> dict[str, Any]:
+    """The optional shadow and mirror sections (see shadow/rules.py)."""
+    from shadow.rules import parse_mirror, parse_shadow
+
+    found: dict[str, Any] = {}
+    if db.get("shadow") is not None:
+        found["shadow"] = parse_shadow(db["shadow"], f"{path}.shadow", name, data_sources, ds_name, rules)
+    if db.get("mirror") is not None:
+        found["mirror"] = parse_mirror(db["mirror"], f"{path}.mirror", name, data_sources, ds_name, rules)
+    return found
 
 
 def _parse_transaction(raw: Any, path: str, data_sources: dict[str, DataSourceConfig]) -> TransactionConfig:

@@ -19,3 +19,20 @@ POOL_CONNECTIONS = Gauge("dbmesh_pool_connections", "Backend connections open (i
 
 def serve(host: str, port: int) -> None:
     start_http_server(port, addr=host)
+
+# Shadow traffic (shadow/, dbmesh/frontend/shadow.py) and read mirroring (dbmesh/mirror.py).
+SHADOW_STATEMENTS = Counter("dbmesh_shadow_statements_total",
+                            "Statements routed to shadow tables or data sources", ["database", "reason"])
+SHADOW_REFUSED = Counter("dbmesh_shadow_refused_total",
+                         "Statements refused because they mix shadow and production targets", ["database"])
+SHADOW_DDL = Counter("dbmesh_shadow_ddl_total", "DDL statements applied to shadow tables", ["database", "outcome"])
+MIRROR_STATEMENTS = Counter("dbmesh_mirror_statements_total", "Production reads mirrored and run on the target",
+                            ["database", "target"])
+MIRROR_MATCHES = Counter("dbmesh_mirror_matches_total", "Mirrored reads whose result equals production's",
+                         ["database", "target"])
+MIRROR_MISMATCHES = Counter("dbmesh_mirror_mismatches_total", "Mirrored reads whose result differs from production's",
+                            ["database", "target"])
+MIRROR_ERRORS = Counter("dbmesh_mirror_errors_total", "Mirrored reads that failed on the target",
+                        ["database", "target", "kind"])
+MIRROR_DROPPED = Counter("dbmesh_mirror_dropped_total", "Production reads not mirrored (queue full, result too large)",
+                         ["database", "target", "reason"])

@@ -32,6 +32,7 @@ from ..protocol.packets import (
 from ..protocol.scanner import ResponseKind, ResponseScanner
 from . import handshake, sharded_prepared
 from .read_split import ReadSplitting
+from .shadow import ShadowSession
 from .sharded import ShardedExecutor
 from .statement import TRACKED_BY_STATUS, Kind, classify
 
@@ -97,6 +98,7 @@ class Session:
         self.last_write_at: dict[str, float] = {}   # data source -> when this session last wrote
         self.last_gtid: dict[str, str] = {}         # data source -> GTID of that write
         self.sharding_hints: dict[str, object] = {}  # "db"/"table" -> value (SET dbmesh_db_hint = ...)
+        self.shadow = ShadowSession(self)  # shadow traffic and read mirroring (frontend/shadow.py)
 
     # -- output ----------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class Session:
 
     async def cleanup(self) -> None:
         await self.sharded.close()
+        self.shadow.close()
         conn, pool = self.held, self.held_pool
         self.held = self.held_pool = None
         if conn is not None and pool is not None:
@@ -433,11 +436,17 @@ class Session:
         if statement.session_set and statement.session_set[0] in ("dbmesh_db_hint", "dbmesh_table_hint"):
             self._set_sharding_hint(*statement.session_set)
             return
+        if statement.session_set and statement.session_set[0] == "dbmesh_shadow":
+            self.shadow.set_flag(statement.session_set[1])
+            return
         if self._is_sharded():
             if statement.session_set or statement.pin_reason:
                 await self._sharded_session_statement(payload, statement)
             else:
                 await self.sharded.query(sql.decode("utf-8", "surrogateescape"))
+            return
+        if (self.shadow.flag or self.database in self.shadow.databases) \
+                and await self.shadow.com_query(payload, statement):
             return
         if self.held is not None and self.held.role != "primary" and not (
                 statement.diagnostics or statement.read_only):
@@ -486,7 +495,9 @@ class Session:
         inner = sql.lstrip()[len(b"PREVIEW"):].strip().decode("utf-8", "surrogateescape")
         if not inner:
             raise ProxyError(1064, "42000", "PREVIEW needs a statement, e.g. PREVIEW SELECT * FROM t WHERE id = 1")
-        if self._is_sharded():
+        if self.database in self.shadow.databases:
+            units = self.shadow.preview(inner)
+        elif self._is_sharded():
             units = [(u.data_source, u.sql) for u in self.sharded.preview(inner)]
         else:
             units = [(self.config.data_source_for(self.database).name, inner)]
@@ -532,6 +543,7 @@ class Session:
             except (BackendError, ConnectionError, OSError):
                 conn.broken = True
         self.statements.clear()
+        self.shadow.reset()
         self.pin_reasons.clear()
         self.keep_for_statements = 0
         self.autocommit = True
@@ -678,6 +690,9 @@ class Session:
         if stmt.cursor_conn is not None:
             # Re-executing closes the open cursor; the backend does the same.
             stmt.cursor_conn = None
+        if (self.shadow.flag or self.database in self.shadow.databases) \
+                and await self.shadow.stmt_execute(stmt, payload):
+            return
         conn = await self.borrow()
         try:
             backend = await self._ensure_prepared(conn, stmt)

@@ -189,6 +189,9 @@ class ShardedExecutor:
         if m and (m.group("db") is None or m.group("db").lower() == session.database.lower()):
             await self._on_first_node(m.group("prefix"), m.group("table"))
             return
+        if session.shadow.flag or session.database in session.shadow.databases:
+            await session.shadow.sharded_query(sql)  # shadow traffic / read mirroring: frontend/shadow.py
+            return
         plan = self.cached_plan(sql) or self.plan(parse(sql), sql)
         await self.execute(plan)
 
@@ -381,9 +384,13 @@ class ShardedExecutor:
         finally:
             self.release()
         names: dict[str, str] = {}
-        for result in results:
+        shadow = self.session.config.databases[self.session.database].shadow
+        hidden = shadow.tables_beside_production() if shadow is not None else frozenset()  # shadow tables
+        for ds, result in zip(rules.data_sources, results, strict=True):
             for row in result.rows:
                 actual = row[0].decode()
+                if (ds, actual.lower()) in hidden:
+                    continue
                 logical = rules.logical_table_of(actual)
                 names.setdefault(logical or actual, row[1].decode() if row[1] else "BASE TABLE")
         pattern = _like_regex(like) if like else None

@@ -74,7 +74,10 @@ async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> No
         bound = planner.bind_parameters(stmt.sharded.tree, values)
     except ShardingError as exc:
         raise sharding_error(exc) from exc
-    plan = executor.plan(bound, stmt.sql.decode("utf-8", "surrogateescape"))
+    if session.shadow.flag or session.database in session.shadow.databases:
+        plan = session.shadow.plan_prepared(bound, stmt.sql)  # shadow routing: frontend/shadow.py
+    else:
+        plan = executor.plan(bound, stmt.sql.decode("utf-8", "surrogateescape"))
     if plan.write or len(plan.units) > 1:
         fields = [parse_column_definition(p) for p in stmt.sharded.field_packets]
         binary = BinaryResult(stmt.sharded.field_packets, lambda row: encode_binary_row(row, fields))

@@ -97,7 +97,8 @@ class ResponseScanner:
                     self._packet_complete()
                 continue
             take = min(self._remaining, end - pos)
-            room = (_INSPECT if not self._head or self._head[0] != ERR_HEADER else 1 << 16) - len(self._head)
+            first = self._head[0] if self._head else data[pos]  # an ERR packet is kept whole (its message)
+            room = (_INSPECT if first != ERR_HEADER else 1 << 16) - len(self._head)
             if room > 0:
                 self._head += data[pos:pos + min(take, room)]
             pos += take

@@ -1,0 +1,30 @@
+"""Figures about a running process, read from ``/proc`` (Linux only)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (all its threads), in seconds."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    # The command name is parenthesised and may contain spaces: split after the last ')'.
+    fields = raw[raw.rindex(")") + 2:].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / _CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size (VmRSS) of the process, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors the process holds (sockets included)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
