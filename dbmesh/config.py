@@ -165,7 +165,8 @@ class Config:
 # Validation helpers: each takes the YAML path so errors point at the mistake.
 
 
-def _mapping(value: Any, path: str) -> dict[str, Any]:
+def expect_mapping(value: Any, path: str) -> dict[str, Any]:
+    """A YAML mapping (None reads as empty); shared by every section's parser."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -173,10 +174,16 @@ def _mapping(value: Any, path: str) -> dict[str, Any]:
     return value
 
 
-def _reject_unknown(section: dict[str, Any], allowed: set[str], path: str) -> None:
+def reject_unknown(section: dict[str, Any], allowed: set[str], path: str) -> None:
     for key in section:
         if key not in allowed:
             raise ConfigError(f"{path}.{key}", f"unknown key; expected one of {sorted(allowed)}")
+
+
+_mapping = expect_mapping
+_reject_unknown = reject_unknown
+
+
 
 
 def _str(section: dict[str, Any], key: str, path: str, default: str | None = None) -> str:

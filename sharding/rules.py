@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dbmesh.config import ConfigError
+from dbmesh.config import expect_mapping as _mapping
+from dbmesh.config import reject_unknown as _reject_unknown
 from sharding.algorithms import (
     AlgorithmPropsError,
     NoTargetError,
@@ -280,20 +282,6 @@ class ShardingRuleSet:
 
 # ---------------------------------------------------------------------------------------
 # Parsing
-
-
-def _mapping(value: Any, path: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
-    return dict(value)
-
-
-def _reject_unknown(section: Mapping[str, Any], allowed: set[str], path: str) -> None:
-    for key in section:
-        if key not in allowed:
-            raise ConfigError(f"{path}.{key}", f"unknown key; expected one of {sorted(allowed)}")
 
 
 def _name(value: Any, path: str, what: str) -> str:
