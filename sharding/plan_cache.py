@@ -54,13 +54,19 @@ def normalise(sql: str) -> tuple[str, list[str]] | None:
     if "/*" in sql or "--" in sql or "#" in sql or "?" in sql or '"' in sql or ":" in sql:
         return None
     literals: list[str] = []
+    prefixed = False
 
     def cut(match: re.Match[str]) -> str:
-        literals.append(match.group(0))
+        nonlocal prefixed
+        text = match.group(0)
+        # x'0A', b'01', N'..', _utf8mb4'..': the prefix changes what the string means.
+        prefixed |= text[0] == "'" and match.start() > 0 and (sql[match.start() - 1].isalnum()
+                                                               or sql[match.start() - 1] == "_")
+        literals.append(text)
         return f":{conditions.PLACEHOLDER_PREFIX}{len(literals) - 1}"
 
     shape = _LITERAL.sub(cut, sql)
-    if not literals:
+    if not literals or prefixed:
         return None
     return shape, literals
 

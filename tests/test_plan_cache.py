@@ -57,6 +57,8 @@ def test_cached_plans_equal_full_plans(rules, template):
     "SELECT /* dbmesh:primary */ * FROM t_order WHERE user_id = 1",  # comments may carry hints
     "SELECT order_id FROM t_order GROUP BY 1",
     "SELECT order_id FROM t_order",                   # no literal: nothing to share
+    "INSERT INTO t_order (order_id, user_id, status) VALUES (1, 2, x'10')",  # prefixed strings
+    "SELECT * FROM t_order WHERE user_id = 1 AND status = _utf8mb4'a'",
 ])
 def test_shapes_left_to_the_full_path(rules, sql):
     assert PlanCache().plan(sql, rules, "shop") is None
