@@ -106,8 +106,8 @@ class DataSourceConfig:
     read_write: ReadWriteConfig = field(default_factory=ReadWriteConfig)
 
 
-# BASE (snapshot + reverse SQL) is being built in txn/; the config refuses it until it runs.
-TRANSACTION_MODES = ("LOCAL", "XA")
+TRANSACTION_MODES = ("LOCAL", "XA", "BASE")
+BASE_ISOLATIONS = ("none", "version", "record_lock")
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,10 @@ class TransactionConfig:
     mode: str = "LOCAL"
     # Where the coordinator keeps its decisions (default: the database's default data source).
     log_data_source: str | None = None
+    # BASE: what a rollback checks before compensating, and how long a statement waits for
+    # a row another global transaction holds (record_lock).
+    base_isolation: str = "record_lock"
+    lock_wait_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -383,13 +387,18 @@ def _parse_shadow_sections(db: dict[str, Any], path: str, name: str, data_source
 
 def _parse_transaction(raw: Any, path: str, data_sources: dict[str, DataSourceConfig]) -> TransactionConfig:
     section = _mapping(raw, path)
-    _reject_unknown(section, {"mode", "log_data_source"}, path)
+    _reject_unknown(section, {"mode", "log_data_source", "base_isolation", "lock_wait_timeout_s"}, path)
     log_ds = section.get("log_data_source")
     if log_ds is not None and log_ds not in data_sources:
         raise ConfigError(f"{path}.log_data_source", f"no data source named {log_ds!r}; declared: "
                                                      f"{sorted(data_sources)}")
-    return TransactionConfig(mode=_choice(section, "mode", path, "LOCAL", TRANSACTION_MODES),
-                             log_data_source=log_ds)
+    d = TransactionConfig()
+    return TransactionConfig(mode=_choice(section, "mode", path, d.mode, TRANSACTION_MODES),
+                             log_data_source=log_ds,
+                             base_isolation=_choice(section, "base_isolation", path, d.base_isolation,
+                                                    BASE_ISOLATIONS),
+                             lock_wait_timeout_s=_float(section, "lock_wait_timeout_s", path,
+                                                                  d.lock_wait_timeout_s))
 
 
 def _parse_sharding(raw: Any, path: str, data_sources: dict[str, DataSourceConfig]) -> Any:

@@ -50,6 +50,10 @@ def with_change(path: str, value) -> dict:
     ("users.0.databases", ["nope"], "users[0].databases", "no logical database named 'nope'"),
     ("databases.demo", {"data_source": "ds_0", "transaction": {"mode": "SAGA"}}, "databases.demo.transaction.mode",
      "expected one of"),
+    ("databases.demo", {"data_source": "ds_0", "transaction": {"mode": "BASE", "base_isolation": "serializable"}},
+     "databases.demo.transaction.base_isolation", "record_lock"),
+    ("databases.demo", {"data_source": "ds_0", "transaction": {"lock_wait_timeout_s": -1}},
+     "databases.demo.transaction.lock_wait_timeout_s", "non-negative"),
     ("databases.demo", {"sharding": {"data_sources": ["ds_0"], "tables": {"t": {
         "actual_data_nodes": "ds_${0..1}.t", "database_strategy": {"columns": ["id"], "algorithm": "m"}}},
         "algorithms": {"m": {"type": "MOD", "props": {"sharding_count": 2}}}}},

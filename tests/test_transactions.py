@@ -123,8 +123,9 @@ def test_concurrent_transfers_keep_the_total(bank, sandbox, mode):
     assert prepared_branches(sandbox) == []
 
 
-def run_crashing_transfer(config: dict, workdir, failpoint: str) -> None:
-    """Start a proxy that kills itself at ``failpoint`` and drive one cross-shard transfer into it."""
+def run_crashing_transfer(config: dict, workdir, failpoint: str, finish: str = "commit") -> None:
+    """Start a proxy that kills itself at ``failpoint`` and drive one cross-shard transfer
+    into it, ended by ``finish`` (commit or rollback) unless the proxy died before."""
     port = free_port()
     config = {**config, "listen": {"host": "127.0.0.1", "port": port}}
     path = workdir / f"crash-{port}.yaml"
@@ -142,11 +143,10 @@ def run_crashing_transfer(config: dict, workdir, failpoint: str) -> None:
             except pymysql.err.OperationalError:
                 assert time.monotonic() < deadline, "crash proxy did not start"
                 time.sleep(0.1)
-        with conn.cursor() as cur:
+        with conn.cursor() as cur, pytest.raises(pymysql.err.OperationalError):
             conn.begin()
             transfer(cur, 0, 1, 100)  # account 0 on ds_0, account 1 on ds_1
-            with pytest.raises(pymysql.err.OperationalError):
-                conn.commit()
+            conn.commit() if finish == "commit" else conn.rollback()
         assert process.wait(20) == -9, "the failpoint kills the proxy"
     finally:
         if process.poll() is None:

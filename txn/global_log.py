@@ -42,7 +42,7 @@ MODE_BASE = "base"
 # new status -> statuses it may follow
 TRANSITIONS: dict[str, frozenset[str]] = {
     COMMITTING: frozenset({BEGUN}),
-    COMMITTED: frozenset({COMMITTING}),
+    COMMITTED: frozenset({BEGUN, COMMITTING}),  # BEGUN: branches already committed
     ROLLING_BACK: frozenset({BEGUN, COMMITTING, NEEDS_ATTENTION}),
     ROLLED_BACK: frozenset({ROLLING_BACK}),
     NEEDS_ATTENTION: frozenset({ROLLING_BACK, COMMITTING}),
@@ -129,6 +129,16 @@ def select_unfinished(updated_before: datetime, limit: int = 100) -> Statement:
     """Transactions a recovery sweep should finish: not final, untouched since ``updated_before``."""
     return Statement(f"{_SELECT} WHERE status NOT IN (%s, %s) AND updated < %s ORDER BY updated LIMIT %s",
                      (COMMITTED, ROLLED_BACK, updated_before, int(limit)))
+
+
+def select_for_recovery(xid_prefix: str, min_age_s: float, limit: int = 100) -> Statement:
+    """Transactions of one sidecar instance (``xid_prefix``) that recovery finishes or cleans
+    up: every status but ``needs_attention`` (an operator's), untouched for ``min_age_s``
+    seconds by the server's clock (the one that stamped them)."""
+    return Statement(f"{_SELECT} WHERE xid LIKE %s AND status <> %s "
+                     "AND updated < NOW(6) - INTERVAL %s MICROSECOND ORDER BY updated LIMIT %s",
+                     (xid_prefix.replace("%", "\\%").replace("_", "\\_") + "%", NEEDS_ATTENTION,
+                      int(min_age_s * 1_000_000), int(limit)))
 
 
 def delete(xid: str) -> Statement:

@@ -17,6 +17,7 @@ from ..backend.replicas import ReplicaSet
 from ..config import Config
 from ..errors import ProxyError
 from ..protocol.constants import SERVER_CAPABILITIES, Capability
+from . import base_mode
 from .session import Session
 
 log = logging.getLogger("dbmesh.server")
@@ -38,6 +39,7 @@ class Server:
         self.pools = pools_for(config)
         self.plan_cache = PlanCache()  # sharded statement shapes, shared by all sessions
         self.xa_log_ready: set[str] = set()  # data sources whose XA coordinator log table exists
+        self.base = base_mode.BaseState()  # BASE transactions: tables prepared, metadata, running xids
         self.replica_sets = {name: ReplicaSet(ds) for name, ds in config.data_sources.items() if ds.replicas}
         self.sessions: set[Session] = set()
         self._ids = itertools.count(1)
@@ -50,6 +52,7 @@ class Server:
         self.server_version = config.listen.server_version
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._base_sweeper: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -63,6 +66,8 @@ class Server:
         self._server = await asyncio.start_server(self._accept, listen.host, listen.port,
                                                   reuse_address=True, backlog=1024)
         self._sweeper = asyncio.create_task(self._sweep_idle())
+        if base_mode.base_log_sources(self):
+            self._base_sweeper = asyncio.create_task(base_mode.sweep_forever(self))
         for replica_set in self.replica_sets.values():
             replica_set.start()
         if self.config.metrics.port:
@@ -84,6 +89,22 @@ class Server:
             conn.close()
 
     async def _recover_transactions(self) -> None:
+        await self._recover_xa()
+        await self._recover_base()
+
+    async def _recover_base(self) -> None:
+        """Finish (compensate or clean up) the BASE transactions this instance left open."""
+        if not base_mode.base_log_sources(self):
+            return
+        try:
+            counts = await base_mode.recover(self)
+        except (ProxyError, BackendError, OSError, ConnectionError) as exc:
+            log.error("BASE recovery did not finish (%s); the sweep retries it", exc)
+            return
+        if any(counts.values()):
+            log.info("BASE recovery: %s", counts)
+
+    async def _recover_xa(self) -> None:
         """Finish the XA transactions this instance left prepared when it last stopped."""
         xa_databases = [d for d in self.config.databases.values() if d.sharding is not None
                         and d.transaction.mode == "XA"]
@@ -140,8 +161,9 @@ class Server:
             await self._server.serve_forever()
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._base_sweeper):
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):

@@ -426,11 +426,12 @@ class Session:
         if statement.session_set and statement.session_set[0] == "dbmesh_route":
             self._set_route(statement.session_set[1])
             return
-        if statement.session_set and statement.session_set[0] == "dbmesh_transaction_mode":
+        if statement.session_set and statement.session_set[0] in ("dbmesh_transaction_mode", "dbmesh_base_isolation"):
+            name, value = statement.session_set[0], statement.session_set[1].split("=", 1)[1]
             if self.sharded.in_transaction:
-                raise ProxyError(errors.ER_NOT_SUPPORTED_YET, "25000",
-                                 "Cannot change dbmesh_transaction_mode inside a transaction")
-            self.sharded.txn.set_mode(statement.session_set[1].split("=", 1)[1])
+                raise ProxyError(errors.ER_NOT_SUPPORTED_YET, "25000", f"Cannot change {name} inside a transaction")
+            txn = self.sharded.txn
+            (txn.set_mode if name == "dbmesh_transaction_mode" else txn.set_isolation)(value)
             self.send_ok()
             return
         if statement.session_set and statement.session_set[0] in ("dbmesh_db_hint", "dbmesh_table_hint"):

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbmesh.sharded")
 
 ER_SHARDING = 1235  # ER_NOT_SUPPORTED_YET: drivers treat it as a statement error
+_DML_KINDS = ("insert", "update", "delete")
 
 _TXN_START = re.compile(r"^\s*(BEGIN(\s+WORK)?|START\s+TRANSACTION\b.*)\s*;?\s*$", re.I | re.S)
 _TXN_COMMIT = re.compile(r"^\s*COMMIT(\s+WORK)?\s*;?\s*$", re.I)
@@ -232,6 +233,8 @@ class ShardedExecutor:
         self.reading = (plan.kind == "select" and not self.in_transaction and not plan.locking
                         and not plan.force_primary)
         try:
+            if plan.locking and self.in_transaction and self.txn.base is not None:
+                await self.txn.base_lock_rows([(u.data_source, u.sql) for u in plan.units])
             if len(plan.units) == 1 and not plan.write:
                 await self._relay(plan.units[0])
             elif plan.write:
@@ -279,7 +282,7 @@ class ShardedExecutor:
         return results
 
     async def _write(self, plan: planner.Plan) -> None:
-        results = await self._run_all(plan.units)
+        results = await self._write_results(plan)
         now = time.monotonic()
         for unit in plan.units:
             self.session.last_write_at[unit.data_source] = now
@@ -289,6 +292,31 @@ class ShardedExecutor:
             affected = sum(r.affected_rows for r in results)
         last_id = plan.last_insert_id or next((r.last_insert_id for r in results if r.last_insert_id), 0)
         self.session.send_ok(affected_rows=affected, last_insert_id=last_id)
+
+    async def _write_results(self, plan: planner.Plan) -> list[QueryResult]:
+        """Run a write's units; in BASE mode with their undo images (see txn/base_coordinator.py)."""
+        if plan.kind == "ddl":
+            self.session.server.base.meta_cache.clear()
+        units = [(u.data_source, u.sql) for u in plan.units]
+        if self.in_transaction and self.txn.base is not None:
+            if plan.kind not in _DML_KINDS:
+                raise ProxyError(errors.ER_NOT_SUPPORTED_YET, "25000",
+                                 f"a {plan.kind.upper()} statement cannot be undone by a BASE transaction; "
+                                 "COMMIT or ROLLBACK first")
+            return await self.txn.base_write(units)
+        if (not self.in_transaction and plan.kind in _DML_KINDS and self.txn.mode == "BASE"
+                and len({ds for ds, _ in units}) > 1):
+            # One statement over several data sources is a global transaction of its own.
+            self.in_transaction = True
+            self.txn.begin()
+            try:
+                results = await self.txn.base_write(units)
+            except BaseException:
+                await self._commit_or_rollback("ROLLBACK")
+                raise
+            await self._commit_or_rollback("COMMIT")
+            return results
+        return await self._run_all(plan.units)
 
     async def _merged_select(self, plan: planner.Plan, binary: BinaryResult | None) -> None:
         results = await self._run_all(plan.units)

@@ -1,28 +1,37 @@
-"""The session's global transaction on a sharded database: which mode commits it (LOCAL or
-XA, see txn/), its id, and how a backend connection joins it."""
+"""The session's global transaction on a sharded database: which mode commits it (LOCAL,
+XA or BASE, see txn/), its id, and how a backend connection joins it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from txn import xa
+from txn.base_coordinator import BaseTransaction, BaseTxnError
+from txn.snapshot import SnapshotError, UnsupportedStatement
 
 from .. import errors
-from ..backend.connection import BackendConnection, BackendError
+from ..backend.connection import BackendConnection, BackendError, QueryResult
 from ..errors import ProxyError
+from ..protocol.constants import Capability
+from . import base_mode
 
 if TYPE_CHECKING:
     from .session import Session
 
-MODES = ("LOCAL", "XA")
+MODES = ("LOCAL", "XA", "BASE")
+ISOLATIONS = ("none", "version", "record_lock")
 
 
 class GlobalTransaction:
     def __init__(self, session: Session):
         self.session = session
         self.mode_override: str | None = None  # SET dbmesh_transaction_mode = ...
+        self.isolation_override: str | None = None  # SET dbmesh_base_isolation = ...
         self.start_sql = "START TRANSACTION"
         self.xid = ""
+        self.base: BaseTransaction | None = None  # the running BASE global transaction
 
     @property
     def mode(self) -> str:
@@ -38,19 +47,65 @@ class GlobalTransaction:
                                             f"not '{value.strip()}'")
         self.mode_override = mode
 
+    def set_isolation(self, value: str) -> None:
+        isolation = value.strip().strip("'\"`").lower()
+        if isolation not in ISOLATIONS:
+            raise ProxyError(1231, "42000", f"dbmesh_base_isolation must be one of {', '.join(ISOLATIONS)}, "
+                                            f"not '{value.strip()}'")
+        self.isolation_override = isolation
+
+    def _config(self):
+        s = self.session
+        return s.config.databases[s.database].transaction
+
     def begin(self, start_sql: str = "START TRANSACTION") -> None:
         self.start_sql = start_sql
-        self.xid = xa.new_xid(self.session.config.instance_id) if self.mode == "XA" else ""
+        mode = self.mode
+        self.xid = xa.new_xid(self.session.config.instance_id) if mode == "XA" else ""
+        self.base = self._new_base() if mode == "BASE" else None
+
+    def _new_base(self) -> BaseTransaction:
+        s = self.session
+        config = self._config()
+        backends = base_mode.backends(s.server, self._log_data_source(), branch=s.sharded.connection)
+        base = BaseTransaction(backends, s.config.instance_id, self.isolation_override or config.base_isolation,
+                               config.lock_wait_timeout_s,
+                               found_rows=bool(s.capabilities & Capability.FOUND_ROWS))
+        s.server.base.running.add(base.xid)
+        return base
 
     async def enlist(self, conn: BackendConnection, data_source: str) -> None:
         """Open this transaction's branch on a connection just borrowed for it."""
-        if self.xid:
+        if self.base is not None:
+            # BASE branches open a local transaction per statement; reads run in autocommit.
+            if not conn.autocommit:
+                await conn.query("SET autocommit=1")
+                conn.autocommit = True
+        elif self.xid:
             await xa.start(conn, self.xid, data_source)
         else:
             await conn.query(self.start_sql)
 
+    async def base_write(self, units: list[tuple[str, str]]) -> list[QueryResult]:
+        """Run write units ((data source, SQL)) as BASE branch statements."""
+        assert self.base is not None
+        with _client_errors():
+            return await self.base.write(units)
+
+    async def base_lock_rows(self, units: list[tuple[str, str]]) -> None:
+        assert self.base is not None
+        with _client_errors():
+            await self.base.lock_rows(units)
+
     async def finish(self, branches: dict[str, BackendConnection], commit: bool) -> None:
-        if self.xid:
+        if self.base is not None:
+            base, self.base = self.base, None
+            try:
+                with _client_errors():
+                    await (base.commit() if commit else base.rollback())
+            finally:
+                self.session.server.base.running.discard(base.xid)
+        elif self.xid:
             await self._finish_xa(branches, commit)
         else:
             await self._finish_local(branches, "COMMIT" if commit else "ROLLBACK")
@@ -111,3 +166,18 @@ class GlobalTransaction:
             await conn.query(sql)
         finally:
             pool.release(conn)
+
+
+@contextmanager
+def _client_errors() -> Iterator[None]:
+    """BASE failures as the MySQL errors the client sees (server errors pass as they are)."""
+    try:
+        yield
+    except BaseTxnError as exc:
+        raise ProxyError(exc.code, exc.sqlstate, exc.message) from exc
+    except UnsupportedStatement as exc:
+        raise ProxyError(errors.ER_NOT_SUPPORTED_YET, "42000", f"{exc}; run it outside a BASE transaction "
+                                                               "or use SET dbmesh_transaction_mode = 'XA'") from exc
+    except SnapshotError as exc:
+        raise ProxyError(errors.ER_UNKNOWN_ERROR, "HY000", f"BASE transaction: the statement was rolled back "
+                                                           f"because its undo images could not be taken: {exc}") from exc

@@ -1,0 +1,149 @@
+"""The sidecar's side of the BASE transaction mode: how txn.base_coordinator and
+txn.base_recovery reach the backends, and the server-wide state they share.
+
+Log and clean-up statements run on pooled connections of their own, in autocommit and
+with the server's default session settings (a client's SET time_zone must not change the
+log's timestamps). Branch statements run on the session's own connection per data source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from txn import base_recovery, global_lock, global_log, undo_log
+from txn.base_branch import Conn, check_data_source
+from txn.base_coordinator import Backends
+from txn.images import TableMeta
+from txn.sqltext import Statement
+
+from ..backend.connection import BackendConnection, BackendError, QueryResult
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("dbmesh.base")
+
+SWEEP_INTERVAL_S = 30.0
+SWEEP_MIN_AGE_S = 60.0  # a transaction idle this long with no session driving it is finished
+
+
+class BaseState:
+    """Server-wide: which tables exist where, table metadata, running transactions."""
+
+    def __init__(self) -> None:
+        self.prepared_sources: set[str] = set()   # undo log + global lock tables exist, settings checked
+        self.log_sources: set[str] = set()        # global transaction table exists
+        self.meta_cache: dict[tuple[str, str], TableMeta] = {}
+        self.running: set[str] = set()            # xids a session is driving
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(_logged(work))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+async def _logged(work: Awaitable[None]) -> None:
+    try:
+        await work
+    except (BackendError, OSError, ConnectionError, TimeoutError) as exc:
+        log.warning("BASE clean-up did not finish (%s); the recovery sweep finishes it", exc)
+
+
+async def acquire_plain(server: Server, ds: str) -> BackendConnection:
+    """A pooled connection in autocommit, default session settings, on the data source's database."""
+    pool = server.pools[ds]
+    conn = await pool.acquire(0)
+    try:
+        if conn.session_vars:
+            await conn.reset()
+            conn.session_vars = ()
+        database = server.config.data_sources[ds].database
+        if conn.database != database:
+            await conn.init_db(database)
+        if not conn.autocommit:
+            await conn.query("SET autocommit=1")
+            conn.autocommit = True
+    except BaseException:
+        conn.broken = True
+        pool.release(conn)
+        raise
+    return conn
+
+
+def release_plain(server: Server, conn: BackendConnection) -> None:
+    server.pools[conn.data_source].release(conn)
+
+
+async def run_plain(server: Server, ds: str, statement: Statement) -> QueryResult:
+    conn = await acquire_plain(server, ds)
+    try:
+        return await conn.query(statement.inline())
+    except (ConnectionError, OSError):
+        conn.broken = True
+        raise
+    finally:
+        release_plain(server, conn)
+
+
+def backends(server: Server, log_source: str,
+             branch: Callable[[str], Awaitable[Conn]] | None = None) -> Backends:
+    """Backend access for one global transaction (or recovery) logging on ``log_source``."""
+    state = server.base
+
+    async def log_statement(statement: Statement) -> QueryResult:
+        if log_source not in state.log_sources:
+            await run_plain(server, log_source, Statement(global_log.GLOBAL_TXN_DDL))
+            state.log_sources.add(log_source)
+        return await run_plain(server, log_source, statement)
+
+    async def prepare(ds: str, conn: Conn) -> None:
+        if ds in state.prepared_sources:
+            return
+        await conn.query(undo_log.UNDO_LOG_DDL)
+        await conn.query(global_lock.GLOBAL_LOCK_DDL)
+        await check_data_source(conn)
+        state.prepared_sources.add(ds)
+
+    async def own_connection(ds: str) -> Conn:
+        raise RuntimeError(f"no branch connection for {ds} outside a session")
+
+    return Backends(
+        branch=branch or own_connection,
+        log=log_statement,
+        on_data_source=lambda ds, statement: run_plain(server, ds, statement),
+        schema_of=lambda ds: server.config.data_sources[ds].database,
+        prepare=prepare,
+        meta_cache=state.meta_cache,
+        background=state.background,
+    )
+
+
+def base_log_sources(server: Server) -> list[str]:
+    config = server.config
+    return sorted({d.transaction.log_data_source or d.sharding.default_data_source
+                   for d in config.databases.values() if d.sharding is not None and d.transaction.mode == "BASE"})
+
+
+async def recover(server: Server, min_age_s: float = 0.0) -> dict[str, int]:
+    """Finish this instance's unfinished BASE transactions (see txn.base_recovery)."""
+    return await base_recovery.recover(
+        lambda log_source: backends(server, log_source), base_log_sources(server), server.config.instance_id,
+        lambda ds: acquire_plain(server, ds), lambda conn: release_plain(server, conn),
+        min_age_s=min_age_s, running=server.base.running)
+
+
+async def sweep_forever(server: Server) -> None:
+    """Now and again, finish transactions whose session went away without finishing them."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+        try:
+            counts = await recover(server, SWEEP_MIN_AGE_S)
+        except (BackendError, OSError, ConnectionError, TimeoutError) as exc:
+            log.warning("BASE recovery sweep failed (%s); it runs again in %g s", exc, SWEEP_INTERVAL_S)
+            continue
+        if any(counts.values()):
+            log.info("BASE recovery sweep: %s", counts)
