@@ -12,7 +12,16 @@ import pymysql
 import pytest
 
 from conftest import sandbox_proxy_config, start_proxy, stop_proxy
-from test_transactions import ACCOUNTS, INITIAL, RULES, balances, run_crashing_transfer, total, transfer
+from test_transactions import (
+    ACCOUNTS,
+    INITIAL,
+    RULES,
+    balances,
+    prepared_branches,
+    run_crashing_transfer,
+    total,
+    transfer,
+)
 
 DATA_SOURCES = ("ds_0", "ds_1")
 ORDER_RULES = {
@@ -65,7 +74,7 @@ def leftovers(sandbox) -> dict[str, int]:
     found = {}
     for ds in DATA_SOURCES:
         with sandbox.admin_connect(ds, database=f"shop_{ds}") as conn, conn.cursor() as cur:
-            for table in ("dbmesh_undo_log", "dbmesh_global_lock", "dbmesh_global_txn"):
+            for table in ("dbmesh_undo_log", "dbmesh_global_lock", "dbmesh_global_txn", "dbmesh_xa_log"):
                 cur.execute(f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
                             f"AND TABLE_NAME = '{table}'")
                 if cur.fetchone()[0]:
@@ -376,3 +385,48 @@ def test_session_settings_are_checked(bank):
             cur.execute("CREATE TABLE other (id INT PRIMARY KEY)")
         assert failed.value.args[0] == 1235 and "COMMIT or ROLLBACK first" in failed.value.args[1]
         conn.rollback()
+
+
+@pytest.mark.parametrize("mode", ["XA", "BASE"])
+def test_kill_at_a_random_moment_under_load(bank, base_config, sandbox, mode):
+    """kill -9 while 8 clients run transfers, at a random moment; after the restart's recovery
+    the total is right and nothing stays prepared, locked or logged."""
+    config, workdir = base_config
+    seed = random.randrange(1 << 30)
+    rnd = random.Random(seed)
+
+    def client(index: int) -> None:
+        crnd = random.Random(seed + index)
+        try:
+            conn = bank.connect(database="bank")
+            with conn.cursor() as cur:
+                cur.execute(f"SET dbmesh_transaction_mode = '{mode}'")
+                cur.execute("SET SESSION innodb_lock_wait_timeout = 1")
+                while True:
+                    a, b = crnd.sample(range(ACCOUNTS), 2)
+                    try:
+                        conn.begin()
+                        transfer(cur, a, b, crnd.randint(1, 50))
+                        conn.rollback() if crnd.random() < 0.3 else conn.commit()
+                    except pymysql.err.OperationalError as exc:
+                        if exc.args[0] not in (1205, 1213):
+                            raise
+                        conn.rollback()
+        except (pymysql.err.OperationalError, pymysql.err.InterfaceError, ConnectionError):
+            return  # the sidecar is gone
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(rnd.uniform(0.3, 2.0))
+    bank.process.kill()
+    bank.process.wait()
+    for t in threads:
+        t.join(30)
+    restarted = start_proxy(config, workdir)  # recovery runs at start
+    try:
+        assert total(sandbox) == ACCOUNTS * INITIAL, f"seed {seed}"
+        assert prepared_branches(sandbox) == [], f"seed {seed}"
+        assert wait_clean(sandbox) == {}, f"seed {seed}"
+    finally:
+        stop_proxy(restarted)

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import global_log
 from .base_coordinator import Backends, finish_clean_up, roll_back_global, xid_prefix
-from .sqltext import Statement
+from .recovery import no_such_table
 
 log = logging.getLogger("dbmesh.base_recovery")
 
@@ -31,8 +31,12 @@ async def recover(backends_for_log: Callable[[str], Backends], log_data_sources:
     counts = {"committed": 0, "rolled_back": 0, "needs_attention": 0}
     for log_ds in log_data_sources:
         backends = backends_for_log(log_ds)
-        await backends.log(Statement(global_log.GLOBAL_TXN_DDL))
-        result = await backends.log(global_log.select_for_recovery(xid_prefix(instance_id), min_age_s))
+        try:
+            result = await backends.log(global_log.select_for_recovery(xid_prefix(instance_id), min_age_s))
+        except Exception as exc:
+            if no_such_table(exc):  # no BASE transaction ever logged here
+                continue
+            raise
         for row in result.rows:
             txn = global_log.from_row(row)
             if txn.xid in running:

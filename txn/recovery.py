@@ -13,9 +13,20 @@ log = logging.getLogger("dbmesh.recovery")
 Connect = Callable[[str], Awaitable[Any]]  # data source -> connection with async query()
 
 
+ER_NO_SUCH_TABLE = 1146
+
+
+def no_such_table(exc: BaseException) -> bool:
+    return getattr(getattr(exc, "err", None), "code", None) == ER_NO_SUCH_TABLE
+
+
 async def committed_xids(conn: Any) -> set[str]:
-    await conn.query(xa.LOG_DDL)
-    result = await conn.query(f"SELECT xid FROM {xa.LOG_TABLE}")
+    try:
+        result = await conn.query(f"SELECT xid FROM {xa.LOG_TABLE}")
+    except Exception as exc:
+        if no_such_table(exc):  # no XA transaction ever committed through this data source
+            return set()
+        raise
     return {row[0].decode() for row in result.rows}
 
 
@@ -51,7 +62,7 @@ async def recover(data_sources: Iterable[str], log_data_sources: Iterable[str], 
         finally:
             release(conn)
     # Every branch of ours is finished now: the decisions are no longer needed.
-    for ds in log_data_sources:
+    for ds in log_data_sources if committed else ():
         conn = await acquire(ds)
         try:
             for xid in committed:

@@ -123,9 +123,11 @@ def backends(server: Server, log_source: str,
 
 
 def base_log_sources(server: Server) -> list[str]:
+    """Log data sources of every sharded database (a session may choose BASE whatever the
+    configured mode)."""
     config = server.config
     return sorted({d.transaction.log_data_source or d.sharding.default_data_source
-                   for d in config.databases.values() if d.sharding is not None and d.transaction.mode == "BASE"})
+                   for d in config.databases.values() if d.sharding is not None})
 
 
 async def recover(server: Server, min_age_s: float = 0.0) -> dict[str, int]:

@@ -106,8 +106,8 @@ class Server:
 
     async def _recover_xa(self) -> None:
         """Finish the XA transactions this instance left prepared when it last stopped."""
-        xa_databases = [d for d in self.config.databases.values() if d.sharding is not None
-                        and d.transaction.mode == "XA"]
+        # Every sharded database: a session may choose XA whatever the configured mode.
+        xa_databases = [d for d in self.config.databases.values() if d.sharding is not None]
         if not xa_databases:
             return
         log_sources = {d.transaction.log_data_source or d.sharding.default_data_source for d in xa_databases}
@@ -128,7 +128,6 @@ class Server:
         except (ProxyError, BackendError, OSError, ConnectionError) as exc:
             log.error("XA recovery did not finish (%s); it runs again at the next start", exc)
             return
-        self.xa_log_ready |= log_sources
         if any(counts.values()):
             log.info("XA recovery: %d branches committed, %d rolled back", counts["commit"], counts["rollback"])
 
