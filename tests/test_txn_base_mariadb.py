@@ -397,13 +397,14 @@ def test_global_log_on_the_server(admin, executor) -> None:
     executor.run("DELETE FROM dbmesh_global_txn WHERE xid = 'it-g'")
     executor.run(*global_log.insert("it-g", parts[:1]))
     assert executor.run(*global_log.set_participants("it-g", parts)).affected == 1
-    assert executor.run(*global_log.set_status("it-g", global_log.COMMITTED)).affected == 0  # not committing yet
+    assert executor.run(*global_log.set_status("it-g", global_log.ROLLED_BACK)).affected == 0  # not rolling back
     assert executor.run(*global_log.set_status("it-g", global_log.ROLLING_BACK)).affected == 1
+    assert [r[0] for r in executor.run(*global_log.select_for_recovery("it-", 0)).rows] in (["it-g"], [b"it-g"])
+    assert executor.run(*global_log.select_for_recovery("it_", 0)).rows == []  # '_' is no wildcard here
     assert executor.run(*global_log.set_status("it-g", global_log.NEEDS_ATTENTION, "conflict on t")).affected == 1
     txn = global_log.from_row(executor.run(*global_log.select_one("it-g")).rows[0])
     assert (txn.status, txn.participants, txn.detail) == ("needs_attention", tuple(parts), "conflict on t")
-    old = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(days=1)
-    assert [r[0] for r in executor.run(*global_log.select_unfinished(old)).rows] in (["it-g"], [b"it-g"])
+    assert executor.run(*global_log.select_for_recovery("it-", 0)).rows == []  # an operator's now
     assert executor.run(*global_log.delete("it-g")).affected == 0  # not final
     executor.run(*global_log.set_status("it-g", global_log.ROLLING_BACK))
     executor.run(*global_log.set_status("it-g", global_log.ROLLED_BACK))

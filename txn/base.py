@@ -1,4 +1,4 @@
-"""The BASE (compensating) transaction mode's pure core, in one import for the runner.
+"""The BASE (compensating) transaction mode's pure core, in one import.
 
 Nothing here does I/O: every function returns SQL (``Statement(sql, params)``, or plain text
 where noted) or reads rows the runner fetched. The modules, one job each:
@@ -13,23 +13,27 @@ where noted) or reads rows the runner fetched. The modules, one job each:
 * ``txn.global_log`` — the coordinator's global transaction table and status transitions;
 * ``txn.global_lock`` — global row locks for the 'record_lock' isolation.
 
-Lifecycle of a global transaction (runner's side; the details are in each module):
+The I/O side: ``txn.base_branch`` (one DML with its images on a branch connection),
+``txn.base_coordinator`` (a session's global transaction: statements, commit, rollback),
+``txn.base_compensate`` (undoing branches), ``txn.base_cleanup`` (batched removal of
+finished transactions' bookkeeping) and ``txn.base_recovery`` (finishing what a crash left).
 
-1. begin: ``global_log.insert(xid, [])`` (status begun) on the log data source;
-2. first statement on a data source: BEGIN there, ``undo_log.insert_header``, add the
-   participant (``global_log.set_participants``);
-3. each DML: capture images and run it as ``snapshot`` describes, then
-   ``undo_log.insert_record`` (seq 1, 2, ...); with 'record_lock' also ``global_lock.acquire``;
-4. client COMMIT: ``set_status(committing)``; COMMIT every branch. All committed:
-   ``set_status(committed)``, then (may be lazy) ``undo_log.delete_branch`` and
-   ``global_lock.release`` per participant and ``global_log.delete``. A branch failed:
-   ``set_status(rolling_back)`` and undo the committed ones as ``undo_log`` describes
-   (``reverse`` for the statements); ``rolled_back`` when all are undone, or
-   ``needs_attention`` with the conflicts' ``describe()`` as detail;
-5. client ROLLBACK before COMMIT: plain ROLLBACK of every branch (their undo rows vanish
-   with them), ``set_status(rolling_back)`` then ``rolled_back``;
-6. recovery at start: ``global_log.select_unfinished`` — committing/rolling_back rows are
-   rolled back branch by branch from the undo logs (committed ones only need clean-up).
+Lifecycle of a global transaction (``txn.base_coordinator`` has the details):
+
+1. first write: ``global_log.insert(xid, participants)`` (status begun) on the log data
+   source; a data source joining later is added with ``set_participants`` — always before
+   its branch commits anything;
+2. each write statement, per data source, in a local transaction of its own: the undo
+   header (first time), the DML with its images (``snapshot``), ``undo_log.insert_record``,
+   with 'record_lock' ``global_lock.acquire``; committed at once when every data source
+   of the statement succeeded, else rolled back everywhere;
+3. client COMMIT: ``set_status(committed)``; undo rows, locks and the log row are removed
+   in the background (``base_cleanup``);
+4. client ROLLBACK: ``set_status(rolling_back)``, every branch compensated
+   (``base_compensate``), then ``rolled_back`` and clean-up, or ``needs_attention`` with
+   the conflicts' ``describe()`` as detail;
+5. recovery (at start, and a periodic sweep): ``global_log.select_for_recovery`` —
+   committed/rolled_back rows are cleaned up, all others compensated.
 
 Session requirements on every branch connection, for images to be exact and undo safe:
 ``SET time_zone = '+00:00'`` (TIMESTAMP text is zone-dependent), character set utf8mb4,

@@ -39,6 +39,7 @@ from sqlglot import exp
 
 from . import failpoints, global_lock, global_log, undo_log
 from .base_branch import Conn, Result, images_of, read_image, run, run_dml, table_meta, target_table
+from .base_cleanup import Finished, clean_up
 from .base_compensate import compensate, error_code, rollback_all
 from .global_log import Participant
 from .images import TableMeta
@@ -100,8 +101,9 @@ class Backends:
     prepare: Callable[[str, Conn], Awaitable[None]]
     # Actual table metadata, shared by the sidecar's sessions.
     meta_cache: dict[tuple[str, str], TableMeta] = field(default_factory=dict)
-    # Start background clean-up (the sidecar keeps track of the task).
-    background: Callable[[Awaitable[None]], None] = lambda aw: None
+    # The log data source, and where finished transactions go for (batched) clean-up.
+    log_source: str = ""
+    finished: Callable[[Finished], None] = lambda f: None
 
 
 @dataclass
@@ -287,7 +289,7 @@ class BaseTransaction:
         failpoints.hit("base_before_commit_status")
         await self.backends.log(global_log.set_status(self.xid, global_log.COMMITTED))
         failpoints.hit("base_after_commit_status")
-        self.backends.background(self._clean_up(final=False))
+        self._finished()
         self.logged = False
 
     async def rollback(self) -> None:
@@ -304,10 +306,10 @@ class BaseTransaction:
                                f"ROLLBACK of global transaction {self.xid} was not applied, to keep another "
                                f"transaction's changes: {detail}. Its changes stay committed; the transaction "
                                f"is marked needs_attention in {global_log.GLOBAL_TXN_TABLE}")
-        self.backends.background(self._clean_up(final=True))
+        self._finished()
 
-    async def _clean_up(self, final: bool) -> None:
-        await finish_clean_up(self.backends, self.xid, list(self.participants.values()), final)
+    def _finished(self) -> None:
+        self.backends.finished(Finished(self.backends.log_source, self.xid, tuple(self.participants.values())))
 
 
 async def roll_back_global(backends: Backends, xid: str, participants: Sequence[Participant],
@@ -333,14 +335,9 @@ async def roll_back_global(backends: Backends, xid: str, participants: Sequence[
     return detail
 
 
-async def finish_clean_up(backends: Backends, xid: str, participants: Sequence[Participant], final: bool) -> None:
-    """After a commit: remove undo rows and locks of every branch; after a rollback
-    (``final``): the tombstones. Then forget the global transaction."""
-    for p in participants:
-        await backends.on_data_source(p.data_source, undo_log.delete_xid(xid))
-        if not final:
-            await backends.on_data_source(p.data_source, global_lock.release(xid))
-    await backends.log(global_log.delete(xid))
+async def finish_clean_up(backends: Backends, xid: str, participants: Sequence[Participant]) -> None:
+    """Remove a finished transaction's undo rows, locks and log row now (recovery's way)."""
+    await clean_up(backends.on_data_source, [Finished(backends.log_source, xid, tuple(participants))])
 
 
 def _parse(sql: str) -> exp.Expression:

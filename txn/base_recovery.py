@@ -50,7 +50,7 @@ async def recover(backends_for_log: Callable[[str], Backends], log_data_sources:
 
 async def _finish(backends: Backends, txn: global_log.GlobalTxn, acquire, release, check: bool) -> str | None:
     if txn.status in global_log.FINAL_STATUSES:
-        await finish_clean_up(backends, txn.xid, txn.participants, final=txn.status == global_log.ROLLED_BACK)
+        await finish_clean_up(backends, txn.xid, txn.participants)
         return "committed" if txn.status == global_log.COMMITTED else "rolled_back"
     claimed = await backends.log(global_log.set_status(txn.xid, global_log.ROLLING_BACK))
     if claimed.affected_rows != 1 and txn.status != global_log.ROLLING_BACK:
@@ -66,5 +66,5 @@ async def _finish(backends: Backends, txn: global_log.GlobalTxn, acquire, releas
     if detail:
         log.warning("BASE transaction %s needs attention: %s", txn.xid, detail)
         return "needs_attention"
-    await finish_clean_up(backends, txn.xid, txn.participants, final=True)
+    await finish_clean_up(backends, txn.xid, txn.participants)
     return "rolled_back"

@@ -103,5 +103,6 @@ def split_holders(rows: Iterable[Sequence[Any]], xid: str) -> tuple[set[str], di
     return mine, others
 
 
-def release(xid: str) -> Statement:
-    return Statement(f"DELETE FROM {GLOBAL_LOCK_TABLE} WHERE xid = %s", (xid,))
+def release(*xids: str) -> Statement:
+    """Every lock these global transactions hold on this data source."""
+    return Statement(f"DELETE FROM {GLOBAL_LOCK_TABLE} WHERE xid IN ({', '.join(['%s'] * len(xids))})", xids)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from .sqltext import Statement
@@ -125,12 +124,6 @@ def select_one(xid: str, lock: bool = False) -> Statement:
     return Statement(f"{_SELECT} WHERE xid = %s" + (" FOR UPDATE" if lock else ""), (xid,))
 
 
-def select_unfinished(updated_before: datetime, limit: int = 100) -> Statement:
-    """Transactions a recovery sweep should finish: not final, untouched since ``updated_before``."""
-    return Statement(f"{_SELECT} WHERE status NOT IN (%s, %s) AND updated < %s ORDER BY updated LIMIT %s",
-                     (COMMITTED, ROLLED_BACK, updated_before, int(limit)))
-
-
 def select_for_recovery(xid_prefix: str, min_age_s: float, limit: int = 100) -> Statement:
     """Transactions of one sidecar instance (``xid_prefix``) that recovery finishes or cleans
     up: every status but ``needs_attention`` (an operator's), untouched for ``min_age_s``
@@ -141,10 +134,10 @@ def select_for_recovery(xid_prefix: str, min_age_s: float, limit: int = 100) -> 
                       int(min_age_s * 1_000_000), int(limit)))
 
 
-def delete(xid: str) -> Statement:
-    """Forget a finished transaction (only once its undo logs are gone)."""
-    return Statement(f"DELETE FROM {GLOBAL_TXN_TABLE} WHERE xid = %s AND status IN (%s, %s)",
-                     (xid, COMMITTED, ROLLED_BACK))
+def delete(*xids: str) -> Statement:
+    """Forget finished transactions (only once their undo logs are gone)."""
+    return Statement(f"DELETE FROM {GLOBAL_TXN_TABLE} WHERE xid IN ({', '.join(['%s'] * len(xids))}) "
+                     "AND status IN (%s, %s)", (*xids, COMMITTED, ROLLED_BACK))
 
 
 def from_row(row: Sequence[Any]) -> GlobalTxn:

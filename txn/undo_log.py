@@ -87,8 +87,9 @@ def delete_branch(xid: str, branch_id: int) -> Statement:
     return Statement(f"DELETE FROM {UNDO_LOG_TABLE} WHERE xid = %s AND branch_id = %s", (xid, branch_id))
 
 
-def delete_xid(xid: str) -> Statement:
-    return Statement(f"DELETE FROM {UNDO_LOG_TABLE} WHERE xid = %s", (xid,))
+def delete_xid(*xids: str) -> Statement:
+    """Every undo row (records, headers, tombstones) of these global transactions."""
+    return Statement(f"DELETE FROM {UNDO_LOG_TABLE} WHERE xid IN ({', '.join(['%s'] * len(xids))})", xids)
 
 
 def select_stale(older_than: datetime, limit: int = 100) -> Statement:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from txn import base_recovery, global_lock, global_log, undo_log
 from txn.base_branch import Conn, check_data_source
+from txn.base_cleanup import CleanupQueue
 from txn.base_coordinator import Backends
 from txn.images import TableMeta
 from txn.sqltext import Statement
@@ -33,24 +34,12 @@ SWEEP_MIN_AGE_S = 60.0  # a transaction idle this long with no session driving i
 class BaseState:
     """Server-wide: which tables exist where, table metadata, running transactions."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: Server) -> None:
         self.prepared_sources: set[str] = set()   # undo log + global lock tables exist, settings checked
         self.log_sources: set[str] = set()        # global transaction table exists
         self.meta_cache: dict[tuple[str, str], TableMeta] = {}
         self.running: set[str] = set()            # xids a session is driving
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def background(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(_logged(work))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-
-async def _logged(work: Awaitable[None]) -> None:
-    try:
-        await work
-    except (BackendError, OSError, ConnectionError, TimeoutError) as exc:
-        log.warning("BASE clean-up did not finish (%s); the recovery sweep finishes it", exc)
+        self.cleanup = CleanupQueue(lambda ds, statement: run_plain(server, ds, statement))
 
 
 async def acquire_plain(server: Server, ds: str) -> BackendConnection:
@@ -118,7 +107,8 @@ def backends(server: Server, log_source: str,
         schema_of=lambda ds: server.config.data_sources[ds].database,
         prepare=prepare,
         meta_cache=state.meta_cache,
-        background=state.background,
+        log_source=log_source,
+        finished=state.cleanup.add,
     )
 
 

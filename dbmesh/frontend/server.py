@@ -39,7 +39,7 @@ class Server:
         self.pools = pools_for(config)
         self.plan_cache = PlanCache()  # sharded statement shapes, shared by all sessions
         self.xa_log_ready: set[str] = set()  # data sources whose XA coordinator log table exists
-        self.base = base_mode.BaseState()  # BASE transactions: tables prepared, metadata, running xids
+        self.base = base_mode.BaseState(self)  # BASE transactions: tables prepared, metadata, running xids
         self.replica_sets = {name: ReplicaSet(ds) for name, ds in config.data_sources.items() if ds.replicas}
         self.sessions: set[Session] = set()
         self._ids = itertools.count(1)
