@@ -57,6 +57,12 @@ DATABASES = {
                      "algorithms": {"two": {"type": "MOD", "props": {"sharding_count": 2}}}},
         "shadow": {"tables": ["sh_pay"]}},
     "shd_plain": {"data_source": "pt_main"},
+    "shd_shard_plain": {  # sharded, no shadow rules
+        "sharding": {"data_sources": ["sh_0", "sh_1"],
+                     "tables": {"sh_pay": {"actual_data_nodes": "sh_${0..1}.sh_pay_${0..1}",
+                                           "database_strategy": {"columns": ["user_id"], "algorithm": "two"},
+                                           "table_strategy": {"columns": ["pay_id"], "algorithm": "two"}}},
+                     "algorithms": {"two": {"type": "MOD", "props": {"sharding_count": 2}}}}},
 }
 ACCT = ("CREATE TABLE {name} (id INT PRIMARY KEY, user_id INT NOT NULL, note VARCHAR(40), amount DECIMAL(10,2), "
         "KEY by_user (user_id)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
@@ -190,10 +196,31 @@ def test_pass_through_rules_route_to_shadow_tables(env, sandbox):
     assert dump(sandbox, "pt_main", "sh_plain") == []
 
 
-def test_shadow_setting_needs_rules(env):
+def test_shadow_marks_need_rules(env, sandbox):
+    """A statement marked as shadow traffic on a database without shadow rules is refused,
+    never run on production; an explicit production mark (shadow=0) is fine."""
     proxy, _ = env
-    with connect(proxy, "shd_plain") as conn, conn.cursor() as cur:
-        expect_refused(cur, "SET dbmesh_shadow = 1", "has no shadow rules")
+    for database, table, key in (("shd_plain", "sh_plain", "id"), ("shd_shard_plain", "sh_pay", "pay_id")):
+        with connect(proxy, database) as conn, conn.cursor() as cur:
+            expect_refused(cur, "SET dbmesh_shadow = 1", f"database '{database}' has no shadow rules")
+            expect_refused(cur, f"/* dbmesh:shadow */ INSERT INTO {table} ({key}, user_id) VALUES (77, 7)",
+                           "hint asks for shadow traffic")
+            expect_refused(cur, f"SELECT /* dbmesh:shadow */ * FROM {table}", "would run on production tables")
+            expect_refused(cur, f"PREVIEW /* dbmesh:shadow */ DELETE FROM {table}", "has no shadow rules")
+            cur.execute(f"/* dbmesh:shadow=0 */ SELECT COUNT(*) FROM {table} WHERE {key} = 77")
+            assert cur.fetchone() == (0,)
+        conn = mc_connect(proxy, database)
+        cur = conn.cursor(prepared=True)
+        expect_refused(cur, f"/* dbmesh:shadow */ INSERT INTO {table} ({key}, user_id) VALUES (?, ?)",
+                       "has no shadow rules", (78, 7))
+        conn.close()
+    assert not [r for r in dump(sandbox, "pt_main", "sh_plain") if r[0] in (77, 78)]
+    assert not [r for ds in ("sh_0", "sh_1") for i in (0, 1) for r in dump(sandbox, ds, f"sh_pay_{i}")
+                if r[0] in (77, 78)]
+    with connect(proxy, "shd_tbl") as conn, conn.cursor() as cur:
+        cur.execute("SET dbmesh_shadow = 1")
+        cur.execute("USE shd_plain")  # the setting stays; the database has no rules
+        expect_refused(cur, "SELECT COUNT(*) FROM sh_plain", "the session's dbmesh_shadow = 1")
 
 
 def test_transactions_keep_shadow_and_production_together(env, sandbox):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
-from shadow.decide import Decision, ShadowError, decide, marked, parse_flag
+from shadow.decide import Decision, ShadowError, decide, hint_of, marked, parse_flag
 from shadow.rewrite import DDL, prepared_sql, render, shadow_ddl, shadow_statement, shadow_unit_sql
 from sharding import planner
 from sharding.errors import ShardingError
@@ -116,10 +116,28 @@ class ShadowSession:
             raise ProxyError(1231, "42000", str(exc)) from exc
         ldb = self._database()
         if flag and (ldb is None or ldb.shadow is None):
-            raise refused(s.database, f"database '{s.database}' has no shadow rules, so shadow traffic cannot "
-                                      "run on it; add a shadow section to its configuration")
+            raise self._no_rules("SET dbmesh_shadow = 1")
         self.flag = flag
         s.send_ok()
+
+    def _no_rules(self, what: str) -> ProxyError:
+        database = self.session.database
+        where = f"database '{database}' has no shadow rules" if database else "no database is selected"
+        return refused(database, f"{what} asks for shadow traffic, but {where}: it would run on production "
+                                 "tables. Add a shadow section to the database's configuration, or drop the mark")
+
+    def check_unmarked(self, sql: bytes | str) -> None:
+        """On a database without shadow rules, a statement marked as shadow traffic (by the
+        session setting or its hint) is refused: running it on production would write or
+        read production data the test meant to keep away from."""
+        if self.flag:
+            raise self._no_rules("the session's dbmesh_shadow = 1")
+        try:
+            hint = hint_of(sql)
+        except ShadowError as exc:
+            raise refused(self.session.database, exc) from exc
+        if hint:
+            raise self._no_rules("the /* dbmesh:shadow */ hint")
 
     def _database(self) -> LogicalDatabaseConfig | None:
         s = self.session
@@ -142,9 +160,7 @@ class ShadowSession:
         rules = ldb.shadow if ldb is not None else None
         sql = payload[1:]
         if rules is None:
-            if self.flag:
-                raise refused(s.database, f"database '{s.database}' has no shadow rules; SET dbmesh_shadow = 0 "
-                                          "before using it")
+            self.check_unmarked(sql)
             return await self._maybe_mirror(payload, statement, ldb)
         keyword, _ = leading_keyword(sql)
         if self.conn is not None and keyword in _TXN_WORDS:
@@ -415,9 +431,7 @@ class ShadowSession:
         ldb = self._database()
         rules = ldb.shadow if ldb is not None else None
         if rules is None:
-            if self.flag:
-                raise refused(s.database, f"database '{s.database}' has no shadow rules; SET dbmesh_shadow = 0 "
-                                          "before using it")
+            self.check_unmarked(stmt.sql)
             return False
         try:
             mark = marked(stmt.sql, self.flag)
@@ -518,9 +532,8 @@ class ShadowSession:
         executor = s.sharded
         ldb = self._database()
         rules = ldb.shadow
-        if rules is None and self.flag:
-            raise refused(s.database, f"database '{s.database}' has no shadow rules; SET dbmesh_shadow = 0 "
-                                      "before using it")
+        if rules is None:
+            self.check_unmarked(sql)
         try:
             mark = marked(sql, self.flag) if rules is not None else None
         except ShadowError as exc:
@@ -569,9 +582,7 @@ class ShadowSession:
         ldb = self._database()
         rules = ldb.shadow
         if rules is None:
-            if self.flag:
-                raise refused(s.database, f"database '{s.database}' has no shadow rules; SET dbmesh_shadow = 0 "
-                                          "before using it")
+            self.check_unmarked(sql)
             return executor.plan(bound, sql.decode("utf-8", "surrogateescape"))
         try:
             mark = marked(sql, self.flag)
@@ -636,7 +647,11 @@ class ShadowSession:
         """PREVIEW's route units (data source, SQL), shadow routing included."""
         s = self.session
         ldb = self._database()
-        rules = ldb.shadow
+        rules = ldb.shadow if ldb is not None else None
+        if rules is None:
+            self.check_unmarked(sql)
+            if ldb is None:
+                return [(s.config.data_source_for(None).name, sql)]
         try:
             mark = marked(sql, self.flag) if rules is not None else None
             if ldb.sharding is not None:

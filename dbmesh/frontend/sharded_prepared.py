@@ -74,7 +74,7 @@ async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> No
         bound = planner.bind_parameters(stmt.sharded.tree, values)
     except ShardingError as exc:
         raise sharding_error(exc) from exc
-    if session.shadow.flag or session.database in session.shadow.databases:
+    if session.shadow.flag or session.database in session.shadow.databases or b"dbmesh:" in stmt.sql:
         plan = session.shadow.plan_prepared(bound, stmt.sql)  # shadow routing: frontend/shadow.py
     else:
         plan = executor.plan(bound, stmt.sql.decode("utf-8", "surrogateescape"))
