@@ -321,6 +321,34 @@ def test_sharded_shadow_tables_beside_production(env, sandbox):
         assert "sh_pay" in names and not any(n.endswith("_shadow") for n in names), names
     assert dump(sandbox, "sh_1", "sh_pay_1") == [(1, 1)] and dump(sandbox, "sh_1", "sh_pay_1_shadow") == [(3, 1)]
     assert dump(sandbox, "sh_0", "sh_pay_0") == [(2, 2)] and dump(sandbox, "sh_0", "sh_pay_0_shadow") == [(4, 2)]
+    # TRUNCATE empties the side it is routed to, on every node, and leaves the other alone.
+    with connect(proxy, "shd_shard_tbl") as conn, conn.cursor() as cur:
+        cur.execute("TRUNCATE TABLE sh_pay")
+        assert [len(dump(sandbox, f"sh_{i}", f"sh_pay_{i}")) for i in (0, 1)] == [0, 0]
+        assert [len(dump(sandbox, f"sh_{i}", f"sh_pay_{i}_shadow")) for i in (0, 1)] == [1, 1]
+        cur.execute("INSERT INTO sh_pay (pay_id, user_id) VALUES (5, 1)")
+        cur.execute("/* dbmesh:shadow */ TRUNCATE TABLE sh_pay")
+        assert [len(dump(sandbox, f"sh_{i}", f"sh_pay_{i}_shadow")) for i in (0, 1)] == [0, 0]
+        assert dump(sandbox, "sh_1", "sh_pay_1") == [(5, 1)]
+
+
+def test_truncate_is_data_not_schema(env, sandbox):
+    """TRUNCATE empties production or, marked as shadow traffic, the shadow: it changes rows,
+    not the schema, so a production TRUNCATE never reaches the shadows (nor the reverse)."""
+    proxy, _ = env
+    with connect(proxy, "shd_tbl") as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO sh_log (msg) VALUES ('p1'), ('p2')")
+        cur.execute("/* dbmesh:shadow */ INSERT INTO sh_log (msg) VALUES ('s1')")
+        cur.execute("TRUNCATE TABLE sh_log")
+        assert dump(sandbox, "pt_main", "sh_log") == []
+        assert [r[1] for r in dump(sandbox, "pt_main", "sh_log_shadow")] == ["s1"]
+        cur.execute("INSERT INTO sh_log (msg) VALUES ('p3')")
+        cur.execute("SET dbmesh_shadow = 1")
+        cur.execute("TRUNCATE sh_log")
+        cur.execute("SET dbmesh_shadow = 0")
+        assert dump(sandbox, "pt_main", "sh_log_shadow") == []
+        assert [r[1] for r in dump(sandbox, "pt_main", "sh_log")] == ["p3"]
+        cur.execute("DELETE FROM sh_log")
 
 
 def mc_connect(proxy, database: str):
