@@ -20,6 +20,7 @@ import pymysql
 import pytest
 
 from conftest import ROOT, sandbox_proxy_config, start_proxy, stop_proxy
+from conftest import run_on as run
 
 SERVERS = ("ds_0", "ds_1")
 # data source -> (sandbox server, physical database)
@@ -69,13 +70,6 @@ ACCT = ("CREATE TABLE {name} (id INT PRIMARY KEY, user_id INT NOT NULL, note VAR
 ORDER = ("CREATE TABLE {name} (order_id BIGINT PRIMARY KEY, user_id INT NOT NULL, note VARCHAR(40), amount INT) "
          "ENGINE=InnoDB")
 LOG = "CREATE TABLE {name} (id INT AUTO_INCREMENT PRIMARY KEY, msg VARCHAR(40))"
-
-
-def run(sandbox, server: str, database: str | None, *statements: str) -> list[tuple]:
-    with sandbox.admin_connect(server, database=database) as conn, conn.cursor() as cur:
-        for sql in statements:
-            cur.execute(sql)
-        return list(cur.fetchall())
 
 
 def dump(sandbox, ds: str, table: str) -> list[tuple]:
@@ -189,6 +183,7 @@ def test_pass_through_rules_route_to_shadow_tables(env, sandbox):
         expect_refused(cur, "/* dbmesh:shadow */ CALL nothing()", "cannot be routed")
         expect_refused(cur, "INSERT INTO sh_acct (id, user_id) VALUES (50, 7); SELECT 1", "one by one")
         expect_refused(cur, "RENAME TABLE sh_acct TO sh_acct_old", "cannot apply this schema change")
+        expect_refused(cur, "ALTER TABLE sh_acct CONVERT TO CHARACTER SET utf8mb4", "cannot apply this schema change")
     assert dump(sandbox, "pt_main", "sh_acct") == [(1, 1, "prod", 11)]
     assert [r[:3] for r in dump(sandbox, "pt_main", "sh_acct_shadow")] == [
         (2, 1, "hinted"), (3, 7, "value"), (5, 2, "shadow-regex"), (6, 3, "session")]
@@ -557,7 +552,8 @@ def test_pressure_driver_runs_shadow_traffic(env, sandbox, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(report_file.read_text())
     assert report["ok"] == 600 and report["errors"] == 0, report
-    assert report["throughput"] > 200 and 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+    assert abs(report["throughput"] - report["ok"] / report["elapsed_s"]) < 0.5  # the report adds up
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["p99"]
     assert "latency p99" in done.stdout and "throughput" in done.stdout
     assert run(sandbox, "ds_0", "shd_pt", "SELECT COUNT(*) FROM sh_log_shadow WHERE msg LIKE 'load-%'") == [(300,)]
     assert run(sandbox, "ds_0", "shd_pt", "SELECT COUNT(*) FROM sh_log") == [(0,)]

@@ -68,16 +68,26 @@ async def prepare(session: Session, payload: bytes) -> None:
 
 async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> None:
     values, stmt.param_types = decode_params(payload, stmt.num_params, stmt.param_types, stmt.long_data)
-    stmt.long_data.clear()
+    long_data, stmt.long_data = stmt.long_data, {}
     executor = session.sharded
     try:
         bound = planner.bind_parameters(stmt.sharded.tree, values)
     except ShardingError as exc:
         raise sharding_error(exc) from exc
     if session.shadow.flag or session.database in session.shadow.databases or b"dbmesh:" in stmt.sql:
-        plan = session.shadow.plan_prepared(bound, stmt.sql)  # shadow routing: frontend/shadow.py
+        # Shadow routing and read mirroring: frontend/shadow.py
+        plan, mirror = session.shadow.plan_prepared(bound, stmt.sql)
+        if mirror is not None:
+            await session.shadow.mirrored_execute(mirror, stmt, payload, long_data,
+                                                  lambda: _run(session, stmt, plan))
+            return
     else:
         plan = executor.plan(bound, stmt.sql.decode("utf-8", "surrogateescape"))
+    await _run(session, stmt, plan)
+
+
+async def _run(session: Session, stmt: ClientStatement, plan: planner.Plan) -> None:
+    executor = session.sharded
     if plan.write or len(plan.units) > 1:
         fields = [parse_column_definition(p) for p in stmt.sharded.field_packets]
         binary = BinaryResult(stmt.sharded.field_packets, lambda row: encode_binary_row(row, fields))
