@@ -397,6 +397,53 @@ def test_prepared_statements_route_by_bound_values(env, sandbox):
     assert (300, 9, "ps-prod", None) in dump(sandbox, "sh_1", "sh_order_0")
 
 
+MARKS = {  # how a statement is made shadow traffic: (prefix, user_id, note, extra WHERE)
+    "hint": ("/* dbmesh:shadow */ ", 1, "h", ""),
+    "session": ("", 1, "s", ""),
+    "value_match": ("", 9500, "v", " AND user_id = 9500"),
+    "regex_match": ("", 2, "shadow-r", " AND note = 'shadow-r'"),
+}
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["text-in-transaction", "prepared"])
+@pytest.mark.parametrize("mark", list(MARKS))
+def test_each_rule_routes_every_statement_kind(env, sandbox, mark, prepared):
+    """INSERT, SELECT, UPDATE and DELETE marked by each rule reach the shadow table only:
+    as text inside a committed transaction, and as prepared statements (bound values)."""
+    proxy, _ = env
+    prefix, user, note, where = MARKS[mark]
+    base = 700 + 10 * list(MARKS).index(mark) + 100 * prepared
+    conn = mc_connect(proxy, "shd_tbl")
+    plain = conn.cursor()
+    cur = conn.cursor(prepared=True) if prepared else plain
+
+    def execute(sql: str, args: tuple) -> list:
+        if prepared:
+            cur.execute(prefix + sql.replace("%s", "?"), args)
+        else:
+            cur.execute(prefix + sql, args)
+        return [tuple(r) for r in cur.fetchall()] if cur.with_rows else []
+
+    if mark == "session":
+        plain.execute("SET dbmesh_shadow = 1")
+    if not prepared:
+        conn.start_transaction()
+    execute("INSERT INTO sh_acct (id, user_id, note) VALUES (%s, %s, %s)", (base, user, note))
+    execute("INSERT INTO sh_acct (id, user_id, note) VALUES (%s, %s, %s)", (base + 1, user, note))
+    execute("UPDATE sh_acct SET amount = 5 WHERE id = %s" + where, (base,))
+    execute("DELETE FROM sh_acct WHERE id = %s" + where, (base + 1,))
+    assert execute("SELECT id, note, amount FROM sh_acct WHERE id >= %s AND id < %s" + where,
+                   (base, base + 10)) == [(base, note, 5)]
+    if not prepared:
+        conn.commit()
+    if mark == "session":
+        plain.execute("SET dbmesh_shadow = 0")
+    conn.close()
+    assert [r[:4] for r in dump(sandbox, "pt_main", "sh_acct_shadow") if base <= r[0] < base + 10] == \
+        [(base, user, note, 5)]
+    assert not [r for r in dump(sandbox, "pt_main", "sh_acct") if base <= r[0] < base + 10]
+
+
 def test_ddl_is_applied_to_shadows(env, sandbox):
     proxy, _ = env
     with connect(proxy, "shd_tbl") as conn, conn.cursor() as cur:
