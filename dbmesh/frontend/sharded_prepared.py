@@ -16,6 +16,7 @@ from sharding import planner
 from sharding.errors import ShardingError
 
 from ..protocol.binary import decode_params, encode_binary_row
+from ..protocol.coldefs import logical_sink, renamer_for
 from ..protocol.constants import Command
 from ..protocol.packets import parse_column_definition
 from ..protocol.scanner import ResponseKind
@@ -59,6 +60,10 @@ async def prepare(session: Session, payload: bytes) -> None:
     session.next_stmt_id += 1
     # Column definitions follow the parameter definitions (and their EOF, if any).
     first_column = 1 + scanner.num_params + (0 if session.deprecate_eof or not scanner.num_params else 1)
+    renamer = renamer_for(session.config, session.database, data_source)
+    if renamer is not None:  # logical database and table names
+        payloads[first_column:first_column + scanner.num_columns] = \
+            renamer.columns(payloads[first_column:first_column + scanner.num_columns])
     columns = payloads[first_column:first_column + scanner.num_columns]
     stmt.sharded = ShardedStatementInfo(tree, columns)
     session.statements[stmt.id] = stmt
@@ -108,7 +113,8 @@ async def _execute_on_backend(session: Session, unit: planner.RouteUnit) -> None
             return
         backend_id = scanner.stmt_id
         execute_packet = bytes((Command.STMT_EXECUTE,)) + struct.pack("<IBI", backend_id, 0, 1)
-        await conn.relay(execute_packet, ResponseKind.RESULT, session.writer)
+        await conn.relay(execute_packet, ResponseKind.RESULT,
+                         logical_sink(session.writer, session.config, session.database, unit.data_source))
         conn.close_statement(backend_id)
     finally:
         executor.release()
