@@ -19,7 +19,7 @@ import mysql.connector
 import pymysql
 import pytest
 
-from conftest import ROOT, sandbox_proxy_config, start_proxy, stop_proxy
+from conftest import ROOT, free_port, sandbox_proxy_config, start_proxy, stop_proxy
 from conftest import run_on as run
 
 SERVERS = ("ds_0", "ds_1")
@@ -461,7 +461,7 @@ def test_ddl_is_applied_to_shadows(env, sandbox):
         run(sandbox, "ds_1", "shd_pt2_shadow", "ALTER TABLE sh_acct DROP COLUMN extra")  # make the shadow drift
         with pytest.raises(pymysql.err.MySQLError) as info:
             cur.execute("ALTER TABLE sh_acct DROP COLUMN extra")
-        assert "ran on production but not on its shadow" in info.value.args[1]
+        assert "ran on production but not on every shadow" in info.value.args[1]
     with connect(proxy, "shd_shard") as conn, conn.cursor() as cur:
         cur.execute("PREVIEW ALTER TABLE sh_order ADD COLUMN extra INT")
         assert ("sh_0_shadow", "ALTER TABLE sh_order_1_shadow ADD COLUMN extra INT") in cur.fetchall()
@@ -481,6 +481,40 @@ def test_ddl_is_applied_to_shadows(env, sandbox):
             for j in (0, 1):
                 assert show_create(sandbox, f"sh_{i}_shadow", f"sh_order_{j}_shadow") == \
                     show_create(sandbox, f"sh_{i}", f"sh_order_{j}")
+
+
+def test_ddl_reports_an_unreachable_shadow(env, sandbox, tmp_path):  # env: the schema
+    """Production takes the DDL, the shadow data source is down: the client is told that the
+    shadows now differ, for a pass-through and a sharded database alike."""
+    config = sandbox_proxy_config(sandbox, tmp_path, {
+        "shd_gone": {"data_source": "pt_main", "shadow": {"data_sources": {"pt_main": "gone_0"}, "table_name": "{table}",
+                                                          "tables": ["sh_gone"]}},
+        "shd_gone_shard": {
+            "sharding": {"data_sources": ["sh_0", "sh_1"],
+                         "tables": {"sh_gone": {"actual_data_nodes": "sh_${0..1}.sh_gone",
+                                                "database_strategy": {"columns": ["id"], "algorithm": "two"}}},
+                         "algorithms": {"two": {"type": "MOD", "props": {"sharding_count": 2}}}},
+            "shadow": {"data_sources": {"sh_0": "gone_0", "sh_1": "gone_1"}, "tables": ["sh_gone"]}}})
+    base = config["data_sources"]
+    for name in ("pt_main", "sh_0", "sh_1"):
+        server, database = PLACES[name]
+        base[name] = {**base[server], "database": database}
+    for i in (0, 1):
+        base[f"gone_{i}"] = {**base["ds_0"], "port": free_port(), "database": "gone"}
+    proxy = start_proxy(config, tmp_path)
+    try:
+        for database in ("shd_gone", "shd_gone_shard"):
+            with connect(proxy, database) as conn, conn.cursor() as cur:
+                with pytest.raises(pymysql.err.MySQLError) as info:
+                    cur.execute("CREATE TABLE sh_gone (id INT PRIMARY KEY)")
+                code, message = info.value.args[:2]
+                assert code == 1105 and "ran on production but not on every shadow" in message \
+                    and "Can't connect to data source 'gone_" in message, message
+    finally:
+        stop_proxy(proxy)
+    for name in ("pt_main", "sh_0", "sh_1"):
+        assert run(sandbox, *PLACES[name], "SHOW TABLES LIKE 'sh_gone'") == [("sh_gone",)]
+        run(sandbox, *PLACES[name], "DROP TABLE sh_gone")
 
 
 def test_mixed_workload_from_many_clients(env, sandbox):

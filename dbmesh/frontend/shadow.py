@@ -39,7 +39,7 @@ from ..errors import ProxyError
 from ..mirror import Job, Mirror, Tee
 from ..protocol.binary import decode_params
 from ..protocol.constants import Command
-from ..protocol.packets import MalformedPacket
+from ..protocol.packets import ErrInfo, MalformedPacket
 from ..protocol.scanner import ResponseKind
 from .sharded import parse
 from .statement import Statement, classify, leading_keyword
@@ -358,11 +358,7 @@ class ShadowSession:
             return True
         failure = await self._run_units(units)
         if failure is not None:
-            metrics.SHADOW_DDL.labels(ldb.name, "failed").inc()
-            raise ProxyError(errors.ER_UNKNOWN_ERROR, "HY000",
-                             f"dbmesh shadow: the DDL ran on production but not on its shadow: ({failure.code}) "
-                             f"{failure.message}; the shadow now differs from production: fix it, or run "
-                             "`dbmesh shadow provision`")
+            raise self._not_followed(ldb, failure.code, failure.message)
         metrics.SHADOW_DDL.labels(ldb.name, "applied").inc()
         s.send(*payloads)
         return True
@@ -372,7 +368,10 @@ class ShadowSession:
         s = self.session
         for ds, sql in units:
             pool = s.server.pools[ds]
-            conn = await pool.acquire(s.caps_key)
+            try:
+                conn = await pool.acquire(s.caps_key)
+            except ProxyError as exc:  # the shadow data source cannot be reached
+                return ErrInfo(exc.code, exc.sqlstate, exc.message)
             try:
                 await s.sync_state(conn, s.config.data_sources[ds].database)
                 await conn.query(sql)
@@ -644,15 +643,21 @@ class ShadowSession:
         try:
             await executor._run_all(extra)
         except BackendError as exc:
-            metrics.SHADOW_DDL.labels(ldb.name, "failed").inc()
-            raise ProxyError(errors.ER_UNKNOWN_ERROR, "HY000",
-                             f"dbmesh shadow: the DDL ran on production but not on every shadow: ({exc.err.code}) "
-                             f"{exc.err.message}; the shadows now differ from production: fix them, or run "
-                             "`dbmesh shadow provision`") from exc
+            raise self._not_followed(ldb, exc.err.code, exc.err.message) from exc
+        except ProxyError as exc:  # a shadow data source cannot be reached
+            raise self._not_followed(ldb, exc.code, exc.message) from exc
         finally:
             executor.release()
         metrics.SHADOW_DDL.labels(ldb.name, "applied").inc()
         self.session.send_ok()
+
+    @staticmethod
+    def _not_followed(ldb: LogicalDatabaseConfig, code: int, message: str) -> ProxyError:
+        """Production took a DDL that a shadow did not: the client must know they now differ."""
+        metrics.SHADOW_DDL.labels(ldb.name, "failed").inc()
+        return ProxyError(errors.ER_UNKNOWN_ERROR, "HY000",
+                          f"dbmesh shadow: the DDL ran on production but not on every shadow: ({code}) {message}; "
+                          "the shadows now differ from production: fix them, or run `dbmesh shadow provision`")
 
     # -- PREVIEW -------------------------------------------------------------------------------------
 
