@@ -12,7 +12,8 @@ query, so no race with concurrent writes on the production side); the mirror's r
 read with the text protocol. Rows compare in order when the statement has ORDER BY, as a
 multiset otherwise; an error on both sides with the same code is a match. Results larger
 than ``max_result_bytes`` are not captured and the read is not mirrored (counted as
-dropped). Prepared-statement (binary protocol) reads are not mirrored.
+dropped). A prepared-statement read is prepared and executed on the mirror with the
+client's own parameters, and binary rows are compared by their decoded values.
 
 Counters (dbmesh/metrics.py): dbmesh_mirror_statements_total, _matches_total,
 _mismatches_total, _errors_total{kind=connect|sql|timeout|lost|internal}, _dropped_total.
@@ -24,13 +25,17 @@ import asyncio
 import logging
 import re
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .backend.connection import BackendError, split_payloads
 from .errors import ProxyError
-from .protocol.packets import MalformedPacket, parse_text_row, read_lenenc_int
+from .protocol.binary import decode_binary_row
+from .protocol.constants import Command
+from .protocol.packets import MalformedPacket, parse_column_definition, parse_text_row, read_lenenc_int
+from .protocol.scanner import ResponseKind
 
 if TYPE_CHECKING:
     from shadow.rules import MirrorConfig
@@ -81,10 +86,15 @@ class Job:
     session_vars: tuple[str, ...]
     response: bytes            # the production response as relayed (framed packets)
     deprecate_eof: bool        # the client's result format
+    # A prepared read: its COM_STMT_EXECUTE from the flags byte on (parameter types
+    # included), and parameters the client sent as long data.
+    execute: bytes | None = None
+    long_data: tuple[tuple[int, bytes], ...] = ()
 
 
-def summarize(payloads: list[bytes], deprecate_eof: bool) -> tuple:
-    """("error", code) | ("ok",) | ("rows", column count, rows) of one response."""
+def summarize(payloads: list[bytes], deprecate_eof: bool, binary: bool = False) -> tuple:
+    """("error", code) | ("ok",) | ("rows", column count, rows) of one response; binary
+    (prepared statement) rows are decoded to values, text rows stay as bytes."""
     if not payloads:
         raise MalformedPacket("empty response")
     first = payloads[0]
@@ -93,18 +103,15 @@ def summarize(payloads: list[bytes], deprecate_eof: bool) -> tuple:
     if first[0] == 0x00:
         return ("ok",)
     count, _ = read_lenenc_int(first, 0)
+    fields = [parse_column_definition(p) for p in payloads[1:1 + count]] if binary else []
     rows = []
     for payload in payloads[1 + count + (0 if deprecate_eof else 1):]:
         if payload[0] == 0xFE and len(payload) < 0xFFFFFF:
             break
         if payload[0] == 0xFF:
             return ("error", struct.unpack_from("<H", payload, 1)[0])
-        rows.append(tuple(parse_text_row(payload, count)))
+        rows.append(decode_binary_row(payload, fields) if binary else tuple(parse_text_row(payload, count)))
     return ("rows", count, rows)
-
-
-def _sort_key(row: tuple) -> tuple:
-    return tuple((0, b"") if v is None else (1, v) for v in row)
 
 
 def same_result(production: tuple, mirror: tuple, ordered: bool) -> bool:
@@ -116,7 +123,7 @@ def same_result(production: tuple, mirror: tuple, ordered: bool) -> bool:
         return False
     if ordered:
         return production[2] == mirror[2]
-    return sorted(production[2], key=_sort_key) == sorted(mirror[2], key=_sort_key)
+    return Counter(production[2]) == Counter(mirror[2])
 
 
 class Mirror:
@@ -190,26 +197,18 @@ class Mirror:
         conn = await pool.acquire(0)
         result: tuple | None = None
         try:
-            if conn.session_vars != job.session_vars:
-                if conn.session_vars:
-                    await conn.reset()
-                conn.session_vars = ()
-                for statement in job.session_vars:
-                    await conn.query(statement)
-                conn.session_vars = job.session_vars
             database = self.server.config.data_sources[self.config.data_source].database
-            if conn.database != database:
-                await conn.init_db(database)
-            if not conn.autocommit:
-                await conn.query("SET autocommit=1")
-                conn.autocommit = True
+            await conn.apply_state(job.session_vars, database, True)
             self._sent.inc()
-            try:
-                answer = await conn.query(job.sql)
-                result = ("rows", len(answer.fields), [tuple(r) for r in answer.rows]) if answer.fields \
-                    else ("ok",)
-            except BackendError as exc:
-                result = ("error", exc.err.code)
+            if job.execute is not None:
+                result = await _execute(conn, job)
+            else:
+                try:
+                    answer = await conn.query(job.sql)
+                    result = ("rows", len(answer.fields), [tuple(r) for r in answer.rows]) if answer.fields \
+                        else ("ok",)
+                except BackendError as exc:
+                    result = ("error", exc.err.code)
         except BaseException:
             conn.broken = True
             raise
@@ -217,7 +216,7 @@ class Mirror:
             pool.release(conn)
         if not self.config.compare:
             return
-        production = summarize(split_payloads(job.response), job.deprecate_eof)
+        production = summarize(split_payloads(job.response), job.deprecate_eof, binary=job.execute is not None)
         if result[0] == "error" and production[0] != "error":
             self.errors("sql").inc()
             return
@@ -226,3 +225,18 @@ class Mirror:
         else:
             self._mismatches.inc()
             log.info("mirror %s: result differs from production for: %.200s", self.config.data_source, job.sql)
+
+
+async def _execute(conn, job: Job) -> tuple:
+    """A prepared read on the mirror: prepare, execute with the client's parameters, close."""
+    payloads, scanner = await conn.collect(bytes((Command.STMT_PREPARE,)) + job.sql.encode("utf-8", "surrogateescape"),
+                                           ResponseKind.PREPARE)
+    if scanner.error is not None:
+        return ("error", scanner.error.code)
+    stmt_id = scanner.stmt_id
+    for param, data in job.long_data:
+        conn.send(bytes((Command.STMT_SEND_LONG_DATA,)) + struct.pack("<IH", stmt_id, param) + data)
+    payloads, scanner = await conn.collect(bytes((Command.STMT_EXECUTE,)) + struct.pack("<I", stmt_id) + job.execute,
+                                           ResponseKind.RESULT)
+    conn.close_statement(stmt_id)
+    return summarize(payloads, conn.deprecate_eof, binary=True)

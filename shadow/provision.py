@@ -146,12 +146,14 @@ def provision(config: Config, database: str | None = None, recreate: bool = Fals
 def _provision_one(conns: _Connections, rules: Any, ds: str, table: str, shadow_ds: str, shadow_table: str,
                    recreate: bool, outcome: Outcome) -> None:
     config = conns.config
+    # The shadow database first, so that DDL through dbmesh can create the shadow of a
+    # production table that does not exist yet.
+    _ensure_database(conns, ds, shadow_ds)
     create = _show_create(conns.get(ds), table)
     if create is None:
         outcome.action = "missing in production"
-        outcome.detail = "create the production table first (DDL through dbmesh also creates its shadow)"
+        outcome.detail = "create the production table through dbmesh: that creates its shadows too"
         return
-    _ensure_database(conns, ds, shadow_ds)
     a, b = config.data_sources[ds], config.data_sources[shadow_ds]
     same_database = (a.host, a.port, a.database) == (b.host, b.port, b.database)
     shadow_of = {t: s for (d, t), s in rules.nodes.items() if d == ds}

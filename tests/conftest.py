@@ -92,6 +92,14 @@ def stop_proxy(proxy: Proxy) -> None:
         proxy.process.wait()
 
 
+def run_on(sandbox: sandbox_mod.Sandbox, server: str, database: str | None, *statements: str) -> list[tuple]:
+    """Run statements directly on a sandbox server (no sidecar); the last one's rows."""
+    with sandbox.admin_connect(server, database=database) as conn, conn.cursor() as cur:
+        for sql in statements:
+            cur.execute(sql)
+        return list(cur.fetchall())
+
+
 def sandbox_proxy_config(sandbox: sandbox_mod.Sandbox, workdir: Path, databases: dict | None = None,
                          replicas: bool = False) -> dict:
     """The config `dbmesh sandbox up` writes, with ``databases`` in place of its own and,

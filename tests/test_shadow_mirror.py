@@ -8,21 +8,16 @@ import socket
 import time
 import urllib.request
 
+import mysql.connector
 import pymysql
 import pytest
 
 from conftest import free_port, sandbox_proxy_config, start_proxy, stop_proxy
+from conftest import run_on as run
 
 PLACES = {"mir_src": ("ds_0", "shd_mir"), "mir_dst": ("ds_1", "shd_mir_copy"),
           "mir_sh_0": ("ds_0", "shd_msh0"), "mir_sh_1": ("ds_1", "shd_msh1")}
 ITEM = "CREATE TABLE {name} (id INT PRIMARY KEY, name VARCHAR(20), qty INT)"
-
-
-def run(sandbox, server: str, database: str | None, *statements: str) -> list[tuple]:
-    with sandbox.admin_connect(server, database=database) as conn, conn.cursor() as cur:
-        for sql in statements:
-            cur.execute(sql)
-        return list(cur.fetchall())
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +31,9 @@ def env(sandbox, tmp_path_factory):
         "shd_mirror_dead": {"data_source": "mir_src", "mirror": {"data_source": "mir_dead", "share": 1.0}},
         "shd_mirror_hang": {"data_source": "mir_src", "mirror": {"data_source": "mir_hang", "share": 1.0,
                                                                   "queue_size": 4, "workers": 1, "timeout_s": 0.5}},
+        # Hangs longer than any test: no mirrored read ever finishes while the test runs.
+        "shd_mirror_stuck": {"data_source": "mir_src", "mirror": {"data_source": "mir_hang", "share": 1.0,
+                                                                   "queue_size": 4, "workers": 1, "timeout_s": 600}},
         "shd_mirror_half": {"data_source": "mir_src", "mirror": {"data_source": "mir_dst", "share": 0.5}},
         "shd_mirror_shard": {
             "sharding": {"data_sources": ["mir_sh_0", "mir_sh_1"],
@@ -101,28 +99,27 @@ READS = [
 ]
 
 
+def results(conn: pymysql.Connection, reads: list[str] | list[tuple[str, tuple]]) -> list:
+    """Rows of each read (sorted unless it has ORDER BY), or its error code."""
+    out = []
+    with conn, conn.cursor() as cur:
+        for read in reads:
+            sql, args = read if isinstance(read, tuple) else (read, None)
+            try:
+                cur.execute(sql, args)
+                rows = [tuple(r) for r in cur.fetchall()]
+                out.append(rows if "ORDER BY" in sql else sorted(rows))
+            except pymysql.err.MySQLError as exc:
+                out.append(exc.args[0])
+    return out
+
+
 def client_results(proxy, database: str, reads: list[str]) -> list:
-    out = []
-    with proxy.connect(database=database) as conn, conn.cursor() as cur:
-        for sql in reads:
-            try:
-                cur.execute(sql)
-                out.append(sorted(cur.fetchall()) if "ORDER BY" not in sql else list(cur.fetchall()))
-            except pymysql.err.MySQLError as exc:
-                out.append(exc.args[0])
-    return out
+    return results(proxy.connect(database=database), reads)
 
 
-def production_results(sandbox, reads: list[str]) -> list:
-    out = []
-    with sandbox.admin_connect("ds_0", database="shd_mir") as conn, conn.cursor() as cur:
-        for sql in reads:
-            try:
-                cur.execute(sql)
-                out.append(sorted(cur.fetchall()) if "ORDER BY" not in sql else list(cur.fetchall()))
-            except pymysql.err.MySQLError as exc:
-                out.append(exc.args[0])
-    return out
+def production_results(sandbox, reads: list[str] | list[tuple[str, tuple]]) -> list:
+    return results(sandbox.admin_connect("ds_0", database="shd_mir"), reads)
 
 
 def test_mirror_compares_and_never_changes_what_the_client_gets(env, sandbox):
@@ -182,21 +179,116 @@ def test_sharded_reads_are_mirrored_with_merged_results(env, sandbox):
     wait_for(lambda: metric(port, "dbmesh_mirror_mismatches_total", **labels) == 1)
 
 
-@pytest.mark.parametrize("database, kind", [("shd_mirror_dead", "connect"), ("shd_mirror_hang", "timeout")])
-def test_dead_or_hanging_mirror_never_fails_or_slows_clients(env, sandbox, database, kind):
-    proxy, port = env
+def run_reads(proxy, sandbox, database: str, count: int) -> None:
+    """``count`` reads through the proxy, each answered with production's rows."""
     expected = production_results(sandbox, READS[:4])
-    slowest = 0.0
     with proxy.connect(database=database) as conn, conn.cursor() as cur:
-        for i in range(60):
+        for i in range(count):
             sql = READS[i % 4]
-            began = time.perf_counter()
             cur.execute(sql)
             rows = sorted(cur.fetchall()) if "ORDER BY" not in sql else list(cur.fetchall())
-            slowest = max(slowest, time.perf_counter() - began)
             assert rows == expected[i % 4]
-    assert slowest < 0.4, slowest  # a statement waiting for the mirror would take its 0.5 s timeout or more
+
+
+@pytest.mark.parametrize("database, kind", [("shd_mirror_dead", "connect"), ("shd_mirror_hang", "timeout")])
+def test_dead_or_hanging_mirror_never_fails_clients(env, sandbox, database, kind):
+    proxy, port = env
+    run_reads(proxy, sandbox, database, 60)
     target = "mir_dead" if kind == "connect" else "mir_hang"
     wait_for(lambda: metric(port, "dbmesh_mirror_errors_total", database=database, target=target, kind=kind) > 0)
     if kind == "timeout":  # one worker stuck on a 0.5 s timeout, a queue of 4: the rest was dropped
         assert metric(port, "dbmesh_mirror_dropped_total", database=database, reason="queue_full") > 30
+
+
+def test_clients_never_wait_for_the_mirror(env, sandbox):
+    """The mirror target never answers (and its timeout outlasts the test): every client read
+    still completes with production's rows while not one mirrored read has finished, so no
+    client statement waited for the mirror. The bounded queue drops what does not fit."""
+    proxy, port = env
+    labels = {"database": "shd_mirror_stuck", "target": "mir_hang"}
+    run_reads(proxy, sandbox, "shd_mirror_stuck", 60)
+    conn = mysql.connector.connect(host=proxy.host, port=proxy.port, user="app", password="app",
+                                   database="shd_mirror_stuck", autocommit=True, use_pure=True)
+    cur = conn.cursor(prepared=True)
+    for i in range(20):
+        cur.execute("SELECT name FROM sh_item WHERE id = ?", (i + 1,))
+        assert cur.fetchall() == [(f"item{(i + 1) % 7}",)]
+    conn.close()
+    finished = sum(metric(port, name, **labels) for name in ("dbmesh_mirror_matches_total",
+                                                             "dbmesh_mirror_mismatches_total",
+                                                             "dbmesh_mirror_errors_total"))
+    assert finished == 0
+    # One read is stuck in the worker, four wait in the queue; the other 75 were dropped.
+    assert metric(port, "dbmesh_mirror_dropped_total", reason="queue_full", **labels) >= 75
+
+
+def prepared_results(proxy, database: str, reads: list[tuple[str, tuple]]) -> list:
+    out = []
+    conn = mysql.connector.connect(host=proxy.host, port=proxy.port, user="app", password="app", database=database,
+                                   autocommit=True, use_pure=True)
+    cur = conn.cursor(prepared=True)
+    for sql, args in reads:
+        try:
+            cur.execute(sql, args)
+            rows = [tuple(r) for r in cur.fetchall()]
+            out.append(rows if "ORDER BY" in sql else sorted(rows))
+        except mysql.connector.Error as exc:
+            out.append(exc.errno)
+    conn.close()
+    return out
+
+
+PREPARED_READS = [
+    ("SELECT * FROM sh_item WHERE id = ?", (5,)),
+    ("SELECT id, name, qty * 1.5 FROM sh_item WHERE id BETWEEN ? AND ? ORDER BY id DESC", (10, 20)),
+    ("SELECT name, COUNT(*), SUM(qty) FROM sh_item WHERE qty > ? GROUP BY name", (2,)),
+    ("SELECT id, name FROM sh_item WHERE name = ?", ("item3",)),
+    # Fails when executed (the subquery returns several rows): an error on both sides is a match.
+    ("SELECT id FROM sh_item WHERE id = ? AND qty = (SELECT qty FROM sh_item)", (1,)),
+]
+
+
+def test_prepared_reads_are_mirrored(env, sandbox):
+    """Prepared reads are production reads too: they run on the mirror as prepared statements
+    with the client's parameters, and their binary rows are compared by value."""
+    proxy, port = env
+    labels = {"database": "shd_mirror", "target": "mir_dst"}
+    before = {name: metric(port, f"dbmesh_mirror_{name}_total", **labels) for name in ("matches", "mismatches")}
+    direct = production_results(sandbox, [(sql.replace("?", "%s"), args) for sql, args in PREPARED_READS])
+    assert prepared_results(proxy, "shd_mirror", PREPARED_READS) == direct
+    wait_for(lambda: metric(port, "dbmesh_mirror_matches_total", **labels) == before["matches"] + len(PREPARED_READS))
+    run(sandbox, "ds_1", "shd_mir_copy", "UPDATE sh_item SET name = 'drift' WHERE id = 12")
+    try:
+        assert prepared_results(proxy, "shd_mirror", PREPARED_READS) == direct
+        # id 12 is in the rows of reads 2 and 3
+        wait_for(lambda: metric(port, "dbmesh_mirror_mismatches_total", **labels) == before["mismatches"] + 2)
+    finally:
+        run(sandbox, "ds_1", "shd_mir_copy", "UPDATE sh_item SET name = 'item5' WHERE id = 12")
+    # Inside a transaction, prepared reads are not mirrored.
+    sent = metric(port, "dbmesh_mirror_statements_total", **labels)
+    conn = mysql.connector.connect(host=proxy.host, port=proxy.port, user="app", password="app",
+                                   database="shd_mirror", use_pure=True)
+    cur = conn.cursor(prepared=True)
+    conn.start_transaction()
+    cur.execute("SELECT qty FROM sh_item WHERE id = ?", (3,))
+    cur.fetchall()
+    conn.commit()
+    conn.close()
+    time.sleep(0.3)
+    assert metric(port, "dbmesh_mirror_statements_total", **labels) == sent
+
+
+def test_sharded_prepared_reads_are_mirrored(env):
+    """On a sharded database, one-shard reads (relayed raw) and merged reads (encoded by
+    dbmesh) are both mirrored and match the mirror's own answer."""
+    proxy, port = env
+    labels = {"database": "shd_mirror_shard", "target": "mir_dst"}
+    before = metric(port, "dbmesh_mirror_matches_total", **labels)
+    mismatches = metric(port, "dbmesh_mirror_mismatches_total", **labels)
+    reads = [("SELECT * FROM sh_mitem WHERE id = ?", (7,)),
+             ("SELECT * FROM sh_mitem WHERE qty > ? ORDER BY qty, id", (4,)),
+             ("SELECT name, SUM(qty), MAX(id) FROM sh_mitem WHERE id < ? GROUP BY name", (40,))]
+    got = prepared_results(proxy, "shd_mirror_shard", reads)
+    assert got[0] == [(7, "item0", 10)] and len(got[1]) > 10 and len(got[2]) == 7
+    wait_for(lambda: metric(port, "dbmesh_mirror_matches_total", **labels) == before + len(reads))
+    assert metric(port, "dbmesh_mirror_mismatches_total", **labels) == mismatches

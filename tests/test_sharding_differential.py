@@ -831,15 +831,58 @@ def test_refused_cleanly(dbs: Pair, case: Case) -> None:
     assert run(dbs.shop, "SELECT COUNT(*) FROM t_order").rows
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: column definitions name the actual table (t_order_1) and "
-                   "physical database (shop_ds_0), not the logical t_order / shop")
-@pytest.mark.parametrize("sql", [f"SELECT order_id FROM t_order WHERE order_id = {ORDERS[0][0]}",
-                                 "SELECT order_id FROM t_order ORDER BY order_id LIMIT 3"])
+@pytest.mark.parametrize("sql", [
+    f"SELECT order_id, status FROM t_order WHERE order_id = {ORDERS[0][0]}",          # one shard, relayed raw
+    "SELECT order_id, status FROM t_order ORDER BY order_id LIMIT 3",                 # merged
+    f"SELECT o.order_id, i.sku FROM t_order o JOIN t_order_item i ON o.order_id = i.order_id "
+    f"AND o.user_id = i.user_id WHERE o.user_id = {ORDERS[0][1]} LIMIT 1",
+    "SELECT code, COUNT(*) FROM t_dict GROUP BY code",                                # broadcast
+])
 def test_column_metadata_is_logical(dbs: Pair, sql: str) -> None:
-    with dbs.shop.cursor() as cur:
-        cur.execute(sql)
-        field = cur._result.fields[0]  # PyMySQL keeps the column definitions there
-        assert (field.db, field.org_table, field.table_name) == (b"shop", "t_order", "t_order")
+    """Column definitions name the logical database and tables, as a plain database would."""
+    described = []
+    for conn in (dbs.plain, dbs.shop):
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            # PyMySQL keeps the column definitions there
+            described.append([(f.db, f.table_name, f.org_table, f.name, f.org_name, f.type_code)
+                              for f in cur._result.fields])
+    plain, shop = described
+    assert shop == [((b"shop" if db else db), *rest) for db, *rest in plain]
+    assert shop[0][:3] in ((b"shop", "t_order", "t_order"), (b"shop", "o", "t_order"), (b"shop", "t_dict", "t_dict"))
+
+
+def test_prepared_column_metadata_is_logical(dbs: Pair, proxy) -> None:
+    """The same for prepared statements: the PREPARE response and each execute's result."""
+    import asyncio
+
+    from dbmesh.backend.connection import BackendConnection
+    from dbmesh.protocol.constants import Command
+    from dbmesh.protocol.packets import parse_column_definition, read_lenenc_int
+    from dbmesh.protocol.scanner import ResponseKind
+
+    async def describe(sql: str, order_id: int) -> tuple[list, list]:
+        conn = BackendConnection("proxy", proxy.host, proxy.port, 0)
+        await conn.connect("app", "app", "shop", 10)
+        try:
+            payloads, scanner = await conn.collect(bytes((Command.STMT_PREPARE,)) + sql.encode(), ResponseKind.PREPARE)
+            assert scanner.error is None, scanner.error
+            first = 1 + scanner.num_params + (1 if scanner.num_params else 0)
+            prepared = [parse_column_definition(p) for p in payloads[first:first + scanner.num_columns]]
+            execute = (bytes((Command.STMT_EXECUTE,)) + scanner.stmt_id.to_bytes(4, "little") + b"\x00"
+                       + (1).to_bytes(4, "little") + b"\x00\x01" + b"\x08\x00" + order_id.to_bytes(8, "little"))
+            payloads, scanner = await conn.collect(execute, ResponseKind.RESULT)
+            assert scanner.error is None, scanner.error
+            count = read_lenenc_int(payloads[0], 0)[0]
+            return prepared, [parse_column_definition(p) for p in payloads[1:1 + count]]
+        finally:
+            conn.close()
+
+    for sql in ("SELECT order_id, status FROM t_order WHERE order_id = ?",           # one shard, relayed raw
+                "SELECT order_id, status FROM t_order WHERE order_id >= ? ORDER BY order_id LIMIT 2"):  # merged
+        for fields in asyncio.run(describe(sql, ORDERS[0][0])):
+            assert [(f.schema, f.table, f.org_table, f.name) for f in fields] == [
+                ("shop", "t_order", "t_order", "order_id"), ("shop", "t_order", "t_order", "status")], sql
 
 
 # -- DML ---------------------------------------------------------------------------------

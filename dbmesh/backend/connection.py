@@ -285,6 +285,22 @@ class BackendConnection:
             result.rows.append(parse_text_row(p, count))
         return result
 
+    async def apply_state(self, session_vars: tuple[str, ...], database: str | None, autocommit: bool) -> None:
+        """Bring this connection to a session's state: its SET statements (replayed in order
+        after a reset when another session's are in force), database and autocommit."""
+        if self.session_vars != session_vars:
+            if self.session_vars:
+                await self.reset()
+            self.session_vars = ()
+            for statement in session_vars:
+                await self.query(statement)
+            self.session_vars = session_vars
+        if database is not None and self.database != database:
+            await self.init_db(database)
+        if self.autocommit != autocommit:
+            await self.query("SET autocommit=" + ("1" if autocommit else "0"))
+            self.autocommit = autocommit
+
     async def simple(self, command: Command, argument: bytes = b"") -> None:
         """A command answered by a single OK/ERR packet (INIT_DB, PING, RESET_CONNECTION)."""
         _, scanner = await self.collect(bytes((command,)) + argument, ResponseKind.SINGLE)

@@ -310,18 +310,7 @@ class Session:
 
     async def sync_state(self, conn: BackendConnection, database: str | None) -> None:
         """Make the backend connection's session state equal to the client's, on ``database``."""
-        if conn.session_vars != self.vars_signature:
-            if conn.session_vars:
-                await conn.reset()
-            conn.session_vars = ()
-            for statement in self.vars_signature:
-                await conn.query(statement)
-            conn.session_vars = self.vars_signature
-        if database is not None and conn.database != database:
-            await conn.init_db(database)
-        if conn.autocommit != self.autocommit:
-            await conn.query("SET autocommit=" + ("1" if self.autocommit else "0"))
-            conn.autocommit = self.autocommit
+        await conn.apply_state(self.vars_signature, database, self.autocommit)
 
     def _return_held(self, force: bool) -> None:
         """Give the held connection back unless the session must keep it."""
@@ -446,19 +435,10 @@ class Session:
             else:
                 await self.sharded.query(sql.decode("utf-8", "surrogateescape"))
             return
-        if (self.shadow.flag or self.database in self.shadow.databases) \
+        if (self.shadow.flag or self.database in self.shadow.databases or b"dbmesh:" in sql) \
                 and await self.shadow.com_query(payload, statement):
             return
-        if self.held is not None and self.held.role != "primary" and not (
-                statement.diagnostics or statement.read_only):
-            self._return_held(force=True)  # a replica kept for SHOW WARNINGS serves nothing else
-        if statement.pin_reason:
-            self.pin_reasons.add(statement.pin_reason)
-        if statement.read_only and await self.read_splitting.try_replica(payload, statement):
-            return
-        scanner = await self.relay(payload, ResponseKind.RESULT)
-        if scanner is not None and scanner.error is None and statement.writes:
-            await self.read_splitting.wrote()
+        scanner = await self.relay_statement(payload, statement)
         if scanner is not None and scanner.error is None and statement.session_set \
                 and statement.session_set[0] not in TRACKED_BY_STATUS:
             self._record_var(*statement.session_set)
@@ -467,6 +447,21 @@ class Session:
             conn = self.held or self.last_conn
             if conn is not None:
                 conn.session_vars = self.vars_signature
+
+    async def relay_statement(self, payload: bytes, statement) -> ResponseScanner | None:
+        """A pass-through COM_QUERY on the primary or a replica; the scanner, or None when a
+        replica served it (or the backend failed)."""
+        if self.held is not None and self.held.role != "primary" and not (
+                statement.diagnostics or statement.read_only):
+            self._return_held(force=True)  # a replica kept for SHOW WARNINGS serves nothing else
+        if statement.pin_reason:
+            self.pin_reasons.add(statement.pin_reason)
+        if statement.read_only and await self.read_splitting.try_replica(payload, statement):
+            return None
+        scanner = await self.relay(payload, ResponseKind.RESULT)
+        if scanner is not None and scanner.error is None and statement.writes:
+            await self.read_splitting.wrote()
+        return scanner
 
     def _set_route(self, statement: str) -> None:
         value = statement.split("=", 1)[1].strip().strip("'\"`").strip()
@@ -496,7 +491,7 @@ class Session:
         inner = sql.lstrip()[len(b"PREVIEW"):].strip().decode("utf-8", "surrogateescape")
         if not inner:
             raise ProxyError(1064, "42000", "PREVIEW needs a statement, e.g. PREVIEW SELECT * FROM t WHERE id = 1")
-        if self.database in self.shadow.databases:
+        if self.database in self.shadow.databases or self.shadow.flag or "dbmesh:" in inner:
             units = self.shadow.preview(inner)
         elif self._is_sharded():
             units = [(u.data_source, u.sql) for u in self.sharded.preview(inner)]
@@ -687,34 +682,48 @@ class Session:
         if stmt.sharded is not None:
             await sharded_prepared.execute(self, stmt, payload)
             return
-        flags = payload[5]
         if stmt.cursor_conn is not None:
             # Re-executing closes the open cursor; the backend does the same.
             stmt.cursor_conn = None
-        if (self.shadow.flag or self.database in self.shadow.databases) \
+        if (self.shadow.flag or self.database in self.shadow.databases or b"dbmesh:" in stmt.sql) \
                 and await self.shadow.stmt_execute(stmt, payload):
             return
+        await self.execute_prepared(stmt, payload)
+
+    async def execute_prepared(self, stmt: ClientStatement, payload: bytes) -> None:
+        """The pass-through COM_STMT_EXECUTE on the session's backend connection."""
         conn = await self.borrow()
         try:
-            backend = await self._ensure_prepared(conn, stmt)
-            if backend is None:
+            scanner = await self.relay_execute(conn, stmt, payload)
+            if scanner is None:
                 self._return_held(force=False)
                 return
-            packet = self._execute_packet(payload, stmt, backend.stmt_id)
-            for param, data in stmt.long_data.items():
-                conn.send(bytes((Command.STMT_SEND_LONG_DATA,)) + struct.pack("<IH", backend.stmt_id, param)
-                          + bytes(data))
-            stmt.long_data.clear()
-            scanner = await conn.relay(packet, ResponseKind.RESULT, self.writer)
         except (ConnectionError, OSError, MalformedPacket) as exc:
             self._backend_failed(conn, exc)
             return
         except ProxyError:
             self._return_held(force=False)
             raise
-        if flags & _CURSOR_TYPE_READ_ONLY and scanner.status & ServerStatus.CURSOR_EXISTS:
+        if payload[5] & _CURSOR_TYPE_READ_ONLY and scanner.status & ServerStatus.CURSOR_EXISTS:
             stmt.cursor_conn = conn
         self._after_response(conn, scanner)
+
+    async def relay_execute(self, conn: BackendConnection, stmt: ClientStatement, payload: bytes,
+                            cursor: bool = True) -> ResponseScanner | None:
+        """Execute ``stmt`` on ``conn`` (preparing it there first if needed) with the client's
+        parameters and relay the result; None when the prepare failed (its error was sent).
+        Without ``cursor`` the rows come at once even if the client asked for a cursor."""
+        backend = await self._ensure_prepared(conn, stmt)
+        if backend is None:
+            return None
+        packet = self._execute_packet(payload, stmt, backend.stmt_id)
+        if not cursor:
+            packet = packet[:5] + b"\x00" + packet[6:]
+        for param, data in stmt.long_data.items():
+            conn.send(bytes((Command.STMT_SEND_LONG_DATA,)) + struct.pack("<IH", backend.stmt_id, param)
+                      + bytes(data))
+        stmt.long_data.clear()
+        return await conn.relay(packet, ResponseKind.RESULT, self.writer)
 
     async def com_stmt_fetch(self, payload: bytes) -> None:
         stmt = self._statement(payload, "mysqld_stmt_fetch")

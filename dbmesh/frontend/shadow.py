@@ -23,12 +23,12 @@ import dataclasses
 import logging
 import random
 import re
-import struct
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
-from shadow.decide import Decision, ShadowError, decide, marked, parse_flag
+from shadow.decide import Decision, ShadowError, decide, hint_of, marked, parse_flag
 from shadow.rewrite import DDL, prepared_sql, render, shadow_ddl, shadow_statement, shadow_unit_sql
 from sharding import planner
 from sharding.errors import ShardingError
@@ -39,12 +39,14 @@ from ..errors import ProxyError
 from ..mirror import Job, Mirror, Tee
 from ..protocol.binary import decode_params
 from ..protocol.constants import Command
-from ..protocol.packets import MalformedPacket
+from ..protocol.packets import ErrInfo, MalformedPacket
 from ..protocol.scanner import ResponseKind
 from .sharded import parse
-from .statement import Statement, leading_keyword
+from .statement import Statement, classify, leading_keyword
 
 if TYPE_CHECKING:
+    from shadow.rules import ShadowRules
+
     from ..backend.pool import Pool
     from ..config import Config, LogicalDatabaseConfig
     from .session import ClientStatement, Session
@@ -63,6 +65,8 @@ _HARMLESS = {b"SHOW", b"DESCRIBE", b"DESC", b"EXPLAIN", b"SET", b"USE", b"BEGIN"
 _TXN_WORDS = {b"BEGIN", b"START", b"COMMIT", b"ROLLBACK"}
 _START_TRANSACTION = re.compile(rb"\s*START\s+TRANSACTION\b", re.I)
 _ROLLBACK_TO = re.compile(rb"\s*ROLLBACK\s+(?:WORK\s+)?TO\b", re.I)
+
+_CURSOR_FLAGS = 0x0F  # COM_STMT_EXECUTE flags asking for a cursor
 
 _PREPARED_DDL = ("DDL on a table with a shadow cannot be a prepared statement; send it as text, so that dbmesh "
                  "applies it to the shadows too")
@@ -116,10 +120,37 @@ class ShadowSession:
             raise ProxyError(1231, "42000", str(exc)) from exc
         ldb = self._database()
         if flag and (ldb is None or ldb.shadow is None):
-            raise refused(s.database, f"database '{s.database}' has no shadow rules, so shadow traffic cannot "
-                                      "run on it; add a shadow section to its configuration")
+            raise self._no_rules("SET dbmesh_shadow = 1")
         self.flag = flag
         s.send_ok()
+
+    def _no_rules(self, what: str) -> ProxyError:
+        database = self.session.database
+        where = f"database '{database}' has no shadow rules" if database else "no database is selected"
+        return refused(database, f"{what} asks for shadow traffic, but {where}: it would run on production "
+                                 "tables. Add a shadow section to the database's configuration, or drop the mark")
+
+    def check_unmarked(self, sql: bytes | str) -> None:
+        """On a database without shadow rules, a statement marked as shadow traffic (by the
+        session setting or its hint) is refused: running it on production would write or
+        read production data the test meant to keep away from."""
+        if self.flag:
+            raise self._no_rules("the session's dbmesh_shadow = 1")
+        try:
+            hint = hint_of(sql)
+        except ShadowError as exc:
+            raise refused(self.session.database, exc) from exc
+        if hint:
+            raise self._no_rules("the /* dbmesh:shadow */ hint")
+
+    def _rules(self, sql: bytes | str) -> tuple[LogicalDatabaseConfig | None, ShadowRules | None]:
+        """The session's database and its shadow rules; without rules, a statement marked as
+        shadow traffic is refused here."""
+        ldb = self._database()
+        rules = ldb.shadow if ldb is not None else None
+        if rules is None:
+            self.check_unmarked(sql)
+        return ldb, rules
 
     def _database(self) -> LogicalDatabaseConfig | None:
         s = self.session
@@ -138,13 +169,9 @@ class ShadowSession:
         """Serve a COM_QUERY on a pass-through database with shadow or mirror rules; False
         when the session's ordinary path should serve it unchanged."""
         s = self.session
-        ldb = self._database()
-        rules = ldb.shadow if ldb is not None else None
         sql = payload[1:]
+        ldb, rules = self._rules(sql)
         if rules is None:
-            if self.flag:
-                raise refused(s.database, f"database '{s.database}' has no shadow rules; SET dbmesh_shadow = 0 "
-                                          "before using it")
             return await self._maybe_mirror(payload, statement, ldb)
         keyword, _ = leading_keyword(sql)
         if self.conn is not None and keyword in _TXN_WORDS:
@@ -234,26 +261,13 @@ class ShadowSession:
         sql = render(renamed) if renamed is not None else text
         shadow_payload = bytes((Command.QUERY,)) + sql.encode("utf-8", "surrogateescape")
         if target == ds:
-            await self._relay_on_session(shadow_payload, statement)
+            await self.session.relay_statement(shadow_payload, statement)
         else:
             if statement.pin_reason:
                 raise ShadowError(f"{statement.pin_reason} in a shadow statement is not supported when the "
                                   f"shadow lives on another data source ('{target}')")
             await self._relay_on_shadow_source(target, shadow_payload)
         return True
-
-    async def _relay_on_session(self, payload: bytes, statement: Statement) -> None:
-        """The ordinary pass-through path (com_query's), for a rewritten statement."""
-        s = self.session
-        if s.held is not None and s.held.role != "primary" and not (statement.diagnostics or statement.read_only):
-            s._return_held(force=True)
-        if statement.pin_reason:
-            s.pin_reasons.add(statement.pin_reason)
-        if statement.read_only and await s.read_splitting.try_replica(payload, statement):
-            return
-        scanner = await s.relay(payload, ResponseKind.RESULT)
-        if scanner is not None and scanner.error is None and statement.writes:
-            await s.read_splitting.wrote()
 
     # -- pass-through: a shadow data source -----------------------------------------------------
 
@@ -271,23 +285,26 @@ class ShadowSession:
             if s.held is not None and s.held.in_transaction and not conn.in_transaction:
                 await conn.query("START TRANSACTION")  # join the session's production transaction
         except (ConnectionError, OSError) as exc:
-            conn.broken = True
-            self._release(force=True)
-            raise errors.backend_lost(target, conn.address) from exc
+            raise self._lost(exc) from exc
         except BaseException:
             self._release(force=True)
             raise
         return conn
 
+    def _lost(self, exc: Exception) -> ProxyError:
+        """The shadow connection failed mid-command: drop it; the error for the client."""
+        conn, target = self.conn, self.conn_ds
+        conn.broken = True
+        self._release(force=True)
+        log.warning("session %d: shadow data source %s failed: %s", self.session.connection_id, target, exc)
+        return errors.backend_lost(target, conn.address)
+
     async def _relay_on_shadow_source(self, target: str, payload: bytes) -> None:
-        s = self.session
         conn = await self._shadow_connection(target)
         try:
-            await conn.relay(payload, ResponseKind.RESULT, s.writer)
+            await conn.relay(payload, ResponseKind.RESULT, self.session.writer)
         except (ConnectionError, OSError, MalformedPacket) as exc:
-            conn.broken = True
-            self._release(force=True)
-            raise errors.backend_lost(target, conn.address) from exc
+            raise self._lost(exc) from exc
         self._release(force=False)
 
     def _release(self, force: bool) -> None:
@@ -341,11 +358,7 @@ class ShadowSession:
             return True
         failure = await self._run_units(units)
         if failure is not None:
-            metrics.SHADOW_DDL.labels(ldb.name, "failed").inc()
-            raise ProxyError(errors.ER_UNKNOWN_ERROR, "HY000",
-                             f"dbmesh shadow: the DDL ran on production but not on its shadow: ({failure.code}) "
-                             f"{failure.message}; the shadow now differs from production: fix it, or run "
-                             "`dbmesh shadow provision`")
+            raise self._not_followed(ldb, failure.code, failure.message)
         metrics.SHADOW_DDL.labels(ldb.name, "applied").inc()
         s.send(*payloads)
         return True
@@ -355,7 +368,10 @@ class ShadowSession:
         s = self.session
         for ds, sql in units:
             pool = s.server.pools[ds]
-            conn = await pool.acquire(s.caps_key)
+            try:
+                conn = await pool.acquire(s.caps_key)
+            except ProxyError as exc:  # the shadow data source cannot be reached
+                return ErrInfo(exc.code, exc.sqlstate, exc.message)
             try:
                 await s.sync_state(conn, s.config.data_sources[ds].database)
                 await conn.query(sql)
@@ -378,47 +394,84 @@ class ShadowSession:
             return None
         return Mirror.of(self.session.server, ldb.name, config)
 
+    def _mirror_read(self, ldb: LogicalDatabaseConfig | None, read: bool) -> Mirror | None:
+        """The mirror of a production read outside a transaction, if the share picks it."""
+        s = self.session
+        if not read or not s.autocommit or (s.held is not None and s.held.in_transaction) \
+                or s.sharded.in_transaction:
+            return None
+        return self._mirror_for(ldb)
+
     async def _maybe_mirror(self, payload: bytes, statement: Statement, ldb: LogicalDatabaseConfig | None) -> bool:
         """A production read outside a transaction, possibly mirrored; False: not mirrored,
         the ordinary path serves it."""
-        s = self.session
-        if not statement.read_only or not s.autocommit or (s.held is not None and s.held.in_transaction):
-            return False
-        mirror = self._mirror_for(ldb)
+        mirror = self._mirror_read(ldb, statement.read_only)
         if mirror is None:
             return False
+        await self._teed(mirror, lambda: self.session.relay_statement(payload, statement), payload[1:])
+        return True
+
+    async def _maybe_mirror_execute(self, stmt: ClientStatement, payload: bytes,
+                                    ldb: LogicalDatabaseConfig | None) -> bool:
+        """A pass-through prepared read outside a transaction, possibly mirrored; False: not
+        mirrored, the ordinary path executes it."""
+        if payload[5] & _CURSOR_FLAGS or ldb is None or ldb.mirror is None:
+            return False  # rows fetched through a cursor come later, in pieces
+        mirror = self._mirror_read(ldb, classify(stmt.sql).read_only)
+        if mirror is None:
+            return False
+        job = self._execute_job(stmt, payload, stmt.long_data)  # before the execute consumes the long data
+        await self._teed(mirror, lambda: self.session.execute_prepared(stmt, payload), stmt.sql, **job)
+        return True
+
+    def _execute_job(self, stmt: ClientStatement, payload: bytes, long_data: dict[int, bytearray]) -> dict:
+        """What the mirror needs to execute a prepared read as the client did."""
+        packet = self.session._execute_packet(payload, stmt, 0)
+        return {"execute": b"\x00" + packet[6:],  # no cursor on the mirror
+                "long_data": tuple((param, bytes(data)) for param, data in long_data.items())}
+
+    async def _teed(self, mirror: Mirror, serve: Callable[[], Awaitable[object]], sql: bytes | str, **job) -> None:
+        """Serve a production read (``serve``) while keeping a copy of the response, then
+        queue it for the mirror; the client never waits for the mirror."""
+        s = self.session
         tee = Tee(s.writer, mirror.config.max_result_bytes)
         writer, s.writer = s.writer, tee
         try:
-            if not await s.read_splitting.try_replica(payload, statement):
-                await s.relay(payload, ResponseKind.RESULT)
+            await serve()
         finally:
             s.writer = writer
-        self._submit(mirror, payload[1:].decode("utf-8", "surrogateescape"), tee)
-        return True
-
-    def _submit(self, mirror: Mirror, sql: str, tee: Tee) -> None:
-        s = self.session
         captured = tee.captured()
         if captured is None:
             mirror.too_large()
             return
-        mirror.submit(Job(sql, s.vars_signature, captured, s.deprecate_eof))
+        if isinstance(sql, bytes):
+            sql = sql.decode("utf-8", "surrogateescape")
+        mirror.submit(Job(sql, s.vars_signature, captured, s.deprecate_eof, **job))
+
+    def mirror_for_plan(self, ldb: LogicalDatabaseConfig, plan: planner.Plan, shadow: bool) -> Mirror | None:
+        """The mirror of a sharded production read outside a transaction, if the share picks it."""
+        return self._mirror_read(ldb, plan.kind == "select" and not shadow and not plan.locking)
+
+    async def mirrored_execute(self, mirror: Mirror, stmt: ClientStatement, payload: bytes,
+                               long_data: dict[int, bytearray], serve: Callable[[], Awaitable[object]]) -> None:
+        """A sharded prepared read served by ``serve`` and mirrored."""
+        await self._teed(mirror, serve, stmt.sql, **self._execute_job(stmt, payload, long_data))
 
     # -- pass-through: prepared statements ---------------------------------------------------------
 
     async def stmt_execute(self, stmt: ClientStatement, payload: bytes) -> bool:
-        """COM_STMT_EXECUTE on a pass-through database with shadow rules: a shadow execute is
-        prepared as its shadow statement (the same parameters) and relayed raw; False when
-        the ordinary path should execute it."""
+        """COM_STMT_EXECUTE on a pass-through database with shadow or mirror rules: a shadow
+        execute is prepared as its shadow statement (the same parameters) and relayed raw; a
+        production read may be mirrored. False when the ordinary path should execute it."""
+        ldb, rules = self._rules(stmt.sql)
+        if rules is not None and await self._shadow_execute(stmt, payload, ldb, rules):
+            return True
+        return await self._maybe_mirror_execute(stmt, payload, ldb)
+
+    async def _shadow_execute(self, stmt: ClientStatement, payload: bytes, ldb: LogicalDatabaseConfig,
+                              rules: ShadowRules) -> bool:
+        """Execute ``stmt`` as shadow traffic if it is; False: it is production traffic."""
         s = self.session
-        ldb = self._database()
-        rules = ldb.shadow if ldb is not None else None
-        if rules is None:
-            if self.flag:
-                raise refused(s.database, f"database '{s.database}' has no shadow rules; SET dbmesh_shadow = 0 "
-                                          "before using it")
-            return False
         try:
             mark = marked(stmt.sql, self.flag)
         except ShadowError as exc:
@@ -473,41 +526,26 @@ class ShadowSession:
         shadow_stmt = ClientStatement(stmt.id, sql.encode("utf-8", "surrogateescape"), stmt.num_params,
                                       stmt.num_columns)
         shadow_stmt.param_types = stmt.param_types
+        shadow_stmt.long_data = stmt.long_data  # sent, then cleared, with the shadow's execute
         on_session = target == production
         conn = await (s.borrow() if on_session else self._shadow_connection(target))
+        give_back = (lambda: s._return_held(force=False)) if on_session else (lambda: self._release(force=False))
         try:
-            backend = await s._ensure_prepared(conn, shadow_stmt)
-            if backend is None:
-                if on_session:
-                    s._return_held(force=False)
-                else:
-                    self._release(force=False)
-                return
-            packet = s._execute_packet(payload, shadow_stmt, backend.stmt_id)
-            stmt.param_types = shadow_stmt.param_types
-            packet = packet[:5] + b"\x00" + packet[6:]  # no server-side cursor: rows come at once
-            for param, data in stmt.long_data.items():
-                conn.send(bytes((Command.STMT_SEND_LONG_DATA,)) + struct.pack("<IH", backend.stmt_id, param)
-                          + bytes(data))
-            stmt.long_data.clear()
-            scanner = await conn.relay(packet, ResponseKind.RESULT, s.writer)
+            # No server-side cursor: the rows come at once.
+            scanner = await s.relay_execute(conn, shadow_stmt, payload, cursor=False)
         except (ConnectionError, OSError, MalformedPacket) as exc:
             if on_session:
                 s._backend_failed(conn, exc)
                 return
-            conn.broken = True
-            self._release(force=True)
-            raise errors.backend_lost(target, conn.address) from exc
+            raise self._lost(exc) from exc
         except BaseException:
-            if on_session:
-                s._return_held(force=False)
-            else:
-                self._release(force=False)
+            give_back()
             raise
-        if on_session:
+        stmt.param_types = shadow_stmt.param_types
+        if scanner is not None and on_session:
             s._after_response(conn, scanner)
         else:
-            self._release(force=False)
+            give_back()
 
     # -- sharded databases ---------------------------------------------------------------------------
 
@@ -516,11 +554,7 @@ class ShadowSession:
         by ShardedExecutor.query after transaction control and metadata statements)."""
         s = self.session
         executor = s.sharded
-        ldb = self._database()
-        rules = ldb.shadow
-        if rules is None and self.flag:
-            raise refused(s.database, f"database '{s.database}' has no shadow rules; SET dbmesh_shadow = 0 "
-                                      "before using it")
+        ldb, rules = self._rules(sql)
         try:
             mark = marked(sql, self.flag) if rules is not None else None
         except ShadowError as exc:
@@ -547,32 +581,21 @@ class ShadowSession:
                 raise refused(s.database, exc) from exc
         else:
             plan = executor.cached_plan(sql) or executor.plan(parse(sql), sql)
-        mirror = None
-        if plan.kind == "select" and not shadow and not executor.in_transaction and s.autocommit \
-                and not plan.locking:
-            mirror = self._mirror_for(ldb)
+        mirror = self.mirror_for_plan(ldb, plan, shadow)
         if mirror is None:
             await executor.execute(plan)
-            return
-        tee = Tee(s.writer, mirror.config.max_result_bytes)
-        writer, s.writer = s.writer, tee
-        try:
-            await executor.execute(plan)
-        finally:
-            s.writer = writer
-        self._submit(mirror, sql, tee)
+        else:
+            await self._teed(mirror, lambda: executor.execute(plan), sql)
 
-    def plan_prepared(self, bound: exp.Expression, sql: bytes) -> planner.Plan:
-        """The plan of a prepared statement's execute on a sharded database (parameters bound)."""
+    def plan_prepared(self, bound: exp.Expression, sql: bytes) -> tuple[planner.Plan, Mirror | None]:
+        """The plan of a prepared statement's execute on a sharded database (parameters bound),
+        and the mirror that also runs it when it is a production read the share picks."""
         s = self.session
         executor = s.sharded
-        ldb = self._database()
-        rules = ldb.shadow
+        ldb, rules = self._rules(sql)
         if rules is None:
-            if self.flag:
-                raise refused(s.database, f"database '{s.database}' has no shadow rules; SET dbmesh_shadow = 0 "
-                                          "before using it")
-            return executor.plan(bound, sql.decode("utf-8", "surrogateescape"))
+            plan = executor.plan(bound, sql.decode("utf-8", "surrogateescape"))
+            return plan, self.mirror_for_plan(ldb, plan, False)
         try:
             mark = marked(sql, self.flag)
             decision = mark if mark is not None else decide(bound, rules, (ldb.name,))
@@ -584,7 +607,7 @@ class ShadowSession:
                 plan = self._shadow_plan(plan, bound, ldb)
         except ShadowError as exc:
             raise refused(s.database, exc) from exc
-        return plan
+        return plan, self.mirror_for_plan(ldb, plan, decision.shadow)
 
     def _shadow_plan(self, plan: planner.Plan, tree: exp.Expression, ldb: LogicalDatabaseConfig) -> planner.Plan:
         """Every route unit moved to its shadow."""
@@ -620,23 +643,30 @@ class ShadowSession:
         try:
             await executor._run_all(extra)
         except BackendError as exc:
-            metrics.SHADOW_DDL.labels(ldb.name, "failed").inc()
-            raise ProxyError(errors.ER_UNKNOWN_ERROR, "HY000",
-                             f"dbmesh shadow: the DDL ran on production but not on every shadow: ({exc.err.code}) "
-                             f"{exc.err.message}; the shadows now differ from production: fix them, or run "
-                             "`dbmesh shadow provision`") from exc
+            raise self._not_followed(ldb, exc.err.code, exc.err.message) from exc
+        except ProxyError as exc:  # a shadow data source cannot be reached
+            raise self._not_followed(ldb, exc.code, exc.message) from exc
         finally:
             executor.release()
         metrics.SHADOW_DDL.labels(ldb.name, "applied").inc()
         self.session.send_ok()
+
+    @staticmethod
+    def _not_followed(ldb: LogicalDatabaseConfig, code: int, message: str) -> ProxyError:
+        """Production took a DDL that a shadow did not: the client must know they now differ."""
+        metrics.SHADOW_DDL.labels(ldb.name, "failed").inc()
+        return ProxyError(errors.ER_UNKNOWN_ERROR, "HY000",
+                          f"dbmesh shadow: the DDL ran on production but not on every shadow: ({code}) {message}; "
+                          "the shadows now differ from production: fix them, or run `dbmesh shadow provision`")
 
     # -- PREVIEW -------------------------------------------------------------------------------------
 
     def preview(self, sql: str) -> list[tuple[str, str]]:
         """PREVIEW's route units (data source, SQL), shadow routing included."""
         s = self.session
-        ldb = self._database()
-        rules = ldb.shadow
+        ldb, rules = self._rules(sql)
+        if ldb is None:
+            return [(s.config.data_source_for(None).name, sql)]
         try:
             mark = marked(sql, self.flag) if rules is not None else None
             if ldb.sharding is not None:

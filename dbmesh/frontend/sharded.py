@@ -27,6 +27,7 @@ from sharding.rules import ShardingRuleSet
 from .. import errors
 from ..backend.connection import BackendConnection, BackendError, QueryResult
 from ..errors import ProxyError
+from ..protocol.coldefs import logical_sink, renamer_for
 from ..protocol.constants import COLLATION_BINARY, Command, FieldFlag, FieldType
 from ..protocol.packets import Column, column_definition, eof_packet, lenenc_int, ok_packet
 from ..protocol.scanner import ResponseKind
@@ -190,7 +191,7 @@ class ShardedExecutor:
         if m and (m.group("db") is None or m.group("db").lower() == session.database.lower()):
             await self._on_first_node(m.group("prefix"), m.group("table"))
             return
-        if session.shadow.flag or session.database in session.shadow.databases:
+        if session.shadow.flag or session.database in session.shadow.databases or "dbmesh:" in sql:
             await session.shadow.sharded_query(sql)  # shadow traffic / read mirroring: frontend/shadow.py
             return
         plan = self.cached_plan(sql) or self.plan(parse(sql), sql)
@@ -250,7 +251,8 @@ class ShardedExecutor:
         conn = await self.connection(unit.data_source)
         try:
             scanner = await conn.relay(bytes((Command.QUERY,)) + unit.sql.encode("utf-8"), ResponseKind.RESULT,
-                                       session.writer)
+                                       logical_sink(session.writer, session.config, session.database,
+                                                    unit.data_source))
         except (ConnectionError, OSError) as exc:
             conn.broken = True
             self.release(force=True)
@@ -343,6 +345,9 @@ class ShardedExecutor:
         shard_rows = [decode_rows(r.rows, fields) for r in results]
         rows = merge(shard_rows, merge_plan)
         packets = list(first.field_packets[:width - spec.hidden])
+        renamer = renamer_for(self.session.config, self.session.database, plan.units[0].data_source)
+        if renamer is not None:
+            packets = renamer.columns(packets)  # logical database and table names
         for i in spec.avg_indexes:
             # AVG carries four more decimals than the SUM it was computed from.
             p = bytearray(packets[i])

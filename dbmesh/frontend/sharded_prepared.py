@@ -16,6 +16,7 @@ from sharding import planner
 from sharding.errors import ShardingError
 
 from ..protocol.binary import decode_params, encode_binary_row
+from ..protocol.coldefs import logical_sink, renamer_for
 from ..protocol.constants import Command
 from ..protocol.packets import parse_column_definition
 from ..protocol.scanner import ResponseKind
@@ -59,6 +60,10 @@ async def prepare(session: Session, payload: bytes) -> None:
     session.next_stmt_id += 1
     # Column definitions follow the parameter definitions (and their EOF, if any).
     first_column = 1 + scanner.num_params + (0 if session.deprecate_eof or not scanner.num_params else 1)
+    renamer = renamer_for(session.config, session.database, data_source)
+    if renamer is not None:  # logical database and table names
+        payloads[first_column:first_column + scanner.num_columns] = \
+            renamer.columns(payloads[first_column:first_column + scanner.num_columns])
     columns = payloads[first_column:first_column + scanner.num_columns]
     stmt.sharded = ShardedStatementInfo(tree, columns)
     session.statements[stmt.id] = stmt
@@ -68,16 +73,26 @@ async def prepare(session: Session, payload: bytes) -> None:
 
 async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> None:
     values, stmt.param_types = decode_params(payload, stmt.num_params, stmt.param_types, stmt.long_data)
-    stmt.long_data.clear()
+    long_data, stmt.long_data = stmt.long_data, {}
     executor = session.sharded
     try:
         bound = planner.bind_parameters(stmt.sharded.tree, values)
     except ShardingError as exc:
         raise sharding_error(exc) from exc
-    if session.shadow.flag or session.database in session.shadow.databases:
-        plan = session.shadow.plan_prepared(bound, stmt.sql)  # shadow routing: frontend/shadow.py
+    if session.shadow.flag or session.database in session.shadow.databases or b"dbmesh:" in stmt.sql:
+        # Shadow routing and read mirroring: frontend/shadow.py
+        plan, mirror = session.shadow.plan_prepared(bound, stmt.sql)
+        if mirror is not None:
+            await session.shadow.mirrored_execute(mirror, stmt, payload, long_data,
+                                                  lambda: _run(session, stmt, plan))
+            return
     else:
         plan = executor.plan(bound, stmt.sql.decode("utf-8", "surrogateescape"))
+    await _run(session, stmt, plan)
+
+
+async def _run(session: Session, stmt: ClientStatement, plan: planner.Plan) -> None:
+    executor = session.sharded
     if plan.write or len(plan.units) > 1:
         fields = [parse_column_definition(p) for p in stmt.sharded.field_packets]
         binary = BinaryResult(stmt.sharded.field_packets, lambda row: encode_binary_row(row, fields))
@@ -98,7 +113,8 @@ async def _execute_on_backend(session: Session, unit: planner.RouteUnit) -> None
             return
         backend_id = scanner.stmt_id
         execute_packet = bytes((Command.STMT_EXECUTE,)) + struct.pack("<IBI", backend_id, 0, 1)
-        await conn.relay(execute_packet, ResponseKind.RESULT, session.writer)
+        await conn.relay(execute_packet, ResponseKind.RESULT,
+                         logical_sink(session.writer, session.config, session.database, unit.data_source))
         conn.close_statement(backend_id)
     finally:
         executor.release()

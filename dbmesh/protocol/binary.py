@@ -137,6 +137,20 @@ def encode_binary_row(values: Sequence[Any], fields: Sequence[Field]) -> bytes:
     return b"\x00" + bytes(bitmap) + b"".join(parts)
 
 
+def decode_binary_row(payload: bytes, fields: Sequence[Field]) -> tuple[Any, ...]:
+    """Values of one binary-protocol result row (the reverse of encode_binary_row)."""
+    n = len(fields)
+    pos = 1 + (n + 9) // 8
+    values: list[Any] = []
+    for i, field in enumerate(fields):
+        if payload[1 + (i + 2) // 8] & (1 << ((i + 2) % 8)):
+            values.append(None)
+            continue
+        value, pos = _decode_value(payload, pos, field.type, field.unsigned)
+        values.append(value)
+    return tuple(values)
+
+
 def _encode_value(value: Any, field: Field) -> bytes:
     ftype = field.type
     formats = _INT_FORMATS.get(ftype)

@@ -1,0 +1,148 @@
+"""Column definitions of sharded results name the logical database and table.
+
+A backend describes its columns with physical names: database ``shop_ds_0``, table
+``t_order_1`` (or its shadow, ``t_order_1_shadow``). Clients and ORMs expect what they
+queried, ``shop``.``t_order``, as ShardingSphere answers. ``Renamer`` rewrites the schema,
+table and org_table fields of column-definition payloads; ``RenamingSink`` does it for a
+raw relay: it holds back only the column definitions at the head of a result set, and
+once they are written every later byte (the rows) passes straight through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from .constants import ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER
+from .packets import frame, lenenc_str, read_lenenc_int, read_lenenc_str
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+class Renamer:
+    """Physical -> logical names (lower-case UTF-8 keys) of one data source of a database."""
+
+    __slots__ = ("schemas", "tables")
+
+    def __init__(self, schemas: dict[bytes, bytes], tables: dict[bytes, bytes]):
+        self.schemas = schemas
+        self.tables = tables
+
+    def column(self, payload: bytes) -> bytes:
+        """One column definition with logical names; the same object when nothing changes."""
+        _, pos = read_lenenc_str(payload, 0)                  # catalog
+        start = pos
+        schema, pos = read_lenenc_str(payload, pos)
+        table, pos = read_lenenc_str(payload, pos)
+        org_table, pos = read_lenenc_str(payload, pos)
+        new_schema = self.schemas.get(schema.lower(), schema) if schema else schema
+        new_table = self.tables.get(table.lower(), table) if table else table
+        new_org = self.tables.get(org_table.lower(), org_table) if org_table else org_table
+        if new_schema is schema and new_table is table and new_org is org_table:
+            return payload
+        return (payload[:start] + lenenc_str(new_schema or b"") + lenenc_str(new_table or b"")
+                + lenenc_str(new_org or b"") + payload[pos:])
+
+    def columns(self, payloads: list[bytes]) -> list[bytes]:
+        return [self.column(p) for p in payloads]
+
+
+def renamer_for(config: Config, database: str, data_source: str) -> Renamer | None:
+    """The renamer for results of ``data_source`` in sharded ``database``; None when its
+    physical names are the logical ones (then nothing needs rewriting)."""
+    key = (id(config), database)
+    found = _CACHE.get(key)
+    if found is None or found[0] is not config:
+        found = _CACHE[key] = (config, _renamers(config, database))
+    return found[1].get(data_source)
+
+
+_CACHE: dict[tuple[int, str], tuple[Config, dict[str, Renamer]]] = {}
+
+
+def _renamers(config: Config, database: str) -> dict[str, Renamer]:
+    ldb = config.databases[database]
+    rules = ldb.sharding
+    tables: dict[str, dict[bytes, bytes]] = {}
+    for logical in rules.tables:
+        for node in rules.data_nodes(logical):
+            tables.setdefault(node.data_source, {})[node.table.lower().encode()] = logical.encode()
+    if ldb.shadow is not None:
+        for (ds, actual), shadow in ldb.shadow.nodes.items():
+            logical = rules.logical_table_of(actual) or actual
+            shadow_ds = ldb.shadow.shadow_data_source(ds)
+            tables.setdefault(shadow_ds, {})[shadow.lower().encode()] = logical.encode()
+    out: dict[str, Renamer] = {}
+    for ds in set(rules.data_sources) | set(tables):
+        physical = config.data_sources[ds].database
+        schemas = {physical.lower().encode(): database.encode()} if physical and physical != database else {}
+        renames = {k: v for k, v in tables.get(ds, {}).items() if k != v}
+        if schemas or renames:
+            out[ds] = Renamer(schemas, renames)
+    return out
+
+
+class RenamingSink:
+    """Stands in for the client's writer while a backend's result is relayed raw: the
+    column definitions are renamed, everything after them is written untouched."""
+
+    def __init__(self, writer: asyncio.StreamWriter, renamer: Renamer):
+        self._writer = writer
+        self.transport = writer.transport
+        self._renamer = renamer
+        self._pending: bytearray | None = bytearray()  # None once the definitions are out
+        self._out: list[bytes] = []
+        self._columns = -1                              # definitions still expected; -1: count not seen
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._pending is None:
+            self._writer.write(data)
+            return
+        self._pending += data
+        self._consume()
+
+    def _consume(self) -> None:
+        buf = self._pending
+        pos = 0
+        while len(buf) - pos >= 4:
+            length = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
+            end = pos + 4 + length
+            if end > len(buf):
+                break
+            if self._columns < 0:
+                first = buf[pos + 4] if length else OK_HEADER
+                if first in (OK_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER):
+                    self._flush(buf, pos)  # no result set: nothing to rename
+                    return
+                self._columns = read_lenenc_int(bytes(buf[pos + 4:end]), 0)[0] or 0
+                self._out.append(bytes(buf[pos:end]))
+            else:
+                payload = self._renamer.column(bytes(buf[pos + 4:end]))
+                self._out.append(frame(payload, buf[pos + 3])[0])
+                self._columns -= 1
+            pos = end
+            if self._columns == 0:
+                self._flush(buf, pos)
+                return
+        del buf[:pos]
+
+    def _flush(self, buf: bytearray, pos: int) -> None:
+        self._out.append(bytes(buf[pos:]))
+        self._writer.write(b"".join(self._out))
+        self._pending = None
+        self._out = []
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
+def logical_sink(writer: asyncio.StreamWriter, config: Config, database: str,
+                 data_source: str) -> asyncio.StreamWriter | RenamingSink:
+    """Where to relay a result of ``data_source`` raw: the client's writer itself when the
+    physical names are the logical ones, else a RenamingSink in front of it."""
+    renamer = renamer_for(config, database, data_source)
+    return writer if renamer is None else RenamingSink(writer, renamer)
