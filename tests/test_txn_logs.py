@@ -38,6 +38,13 @@ def test_undo_log_statements() -> None:
     assert undo_log.delete_branch("x1", 5) == ("DELETE FROM dbmesh_undo_log WHERE xid = %s AND branch_id = %s",
                                                ("x1", 5))
     assert undo_log.delete_xid("x1").params == ("x1",)
+    both = undo_log.insert_records("x1", 5, 3, [RECORD, RECORD], with_header=True)
+    assert both.sql.count("(%s, %s, %s, %s, %s, %s)") == 3
+    assert both.params[:6] == undo_log.insert_header("x1", 5).params
+    assert [both.params[i] for i in (8, 14)] == [3, 4]  # the records' seq
+    assert undo_log.insert_records("x1", 5, 1, [RECORD]).params == undo_log.insert_record("x1", 5, 1, RECORD).params
+    with pytest.raises(ValueError, match="header or at least one record"):
+        undo_log.insert_records("x1", 5, 1, [])
     when = dt.datetime(2024, 1, 1)
     assert undo_log.select_stale(when, 10).params == (when, 10)
     with pytest.raises(ValueError, match="seq must be > 0"):

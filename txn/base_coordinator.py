@@ -42,7 +42,7 @@ from .base_branch import Conn, Result, images_of, read_image, run, run_dml, tabl
 from .base_cleanup import Finished, clean_up
 from .base_compensate import compensate, error_code, rollback_all
 from .global_log import Participant
-from .images import TableMeta
+from .images import TableMeta, UndoRecord
 from .snapshot import SnapshotError, UnsupportedStatement, before_image_sql
 from .sqltext import Statement
 
@@ -228,9 +228,7 @@ class BaseTransaction:
                             results: list[Result | None]) -> tuple[int, set[tuple[str, str]]]:
         participant = self.participants[ds]
         schema = self.backends.schema_of(ds)
-        if ds not in self.headers:
-            await run(conn, undo_log.insert_header(self.xid, participant.branch_id))
-        seq = self.seq.get(ds, 0)
+        records: list[UndoRecord] = []
         locks: set[tuple[str, str]] = set()
         for unit in units:
             tree = _parse(unit.sql)
@@ -239,11 +237,15 @@ class BaseTransaction:
             results[unit.index] = result
             if record is None:
                 continue
-            seq += 1
-            await run(conn, undo_log.insert_record(self.xid, participant.branch_id, seq, record))
+            records.append(record)
             if self.isolation == "record_lock":
                 locks |= await self._acquire(ds, conn, f"{schema}.{meta.name}", meta, images_of(record))
-        return seq, locks
+        seq = self.seq.get(ds, 0)
+        if records or ds not in self.headers:
+            # The header goes with the branch's first local commit: a rollback's tombstone meets it.
+            await run(conn, undo_log.insert_records(self.xid, participant.branch_id, seq + 1, records,
+                                                    with_header=ds not in self.headers))
+        return seq + len(records), locks
 
     async def _lock_branch(self, ds: str, conn: Conn, units: list[_Unit],
                            results: list[Result | None]) -> tuple[int, set[tuple[str, str]]]:

@@ -72,6 +72,19 @@ def insert_record(xid: str, branch_id: int, seq: int, record: UndoRecord) -> Sta
                      (xid, branch_id, seq, CONTEXT, record.to_json().encode("ascii"), LOG_STATUS_NORMAL))
 
 
+def insert_records(xid: str, branch_id: int, first_seq: int, records: Sequence[UndoRecord],
+                   with_header: bool = False) -> Statement:
+    """One INSERT of a statement's records (seq ``first_seq``, ``first_seq + 1``, ...), after
+    the branch header when it is the branch's first statement: one round trip for all."""
+    rows = [(xid, branch_id, HEADER_SEQ, CONTEXT, b"", LOG_STATUS_NORMAL)] if with_header else []
+    for seq, record in enumerate(records, first_seq):
+        rows.append(insert_record(xid, branch_id, seq, record).params)
+    if not rows:
+        raise ValueError("insert_records needs a header or at least one record")
+    return Statement(f"INSERT INTO {UNDO_LOG_TABLE} {_COLUMNS} VALUES "
+                     + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows)), tuple(v for row in rows for v in row))
+
+
 def insert_tombstone(xid: str, branch_id: int) -> Statement:
     return Statement(f"INSERT INTO {UNDO_LOG_TABLE} {_COLUMNS} VALUES (%s, %s, %s, %s, %s, %s)",
                      (xid, branch_id, HEADER_SEQ, CONTEXT, b"", LOG_STATUS_TOMBSTONE))
