@@ -17,18 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from . import global_lock, undo_log
-from .base_branch import Conn, has_timestamp, run, utc
+from .base_branch import Conn, Pipelined, error_code, has_timestamp, run, utc
 from .images import image_from_rows
 from .reverse import Conflict, conflicts, current_image_sql, expected_image, record_keys, reverse_record
 
 
-def error_code(exc: BaseException) -> int | None:
-    """The server's error number of a failed query (the sidecar's BackendError.err.code)."""
-    err = getattr(exc, "err", None)
-    return getattr(err, "code", None)
-
-
-async def undo_branch(conn: Conn, xid: str, branch_id: int, check: bool) -> list[Conflict]:
+async def undo_branch(conn: Pipelined, xid: str, branch_id: int, check: bool) -> list[Conflict]:
     """Undo one branch inside the caller's open local transaction; returns the conflicts
     found (then nothing more was undone and the caller must roll back)."""
     for _ in range(3):
@@ -46,7 +40,7 @@ async def undo_branch(conn: Conn, xid: str, branch_id: int, check: bool) -> list
     else:
         raise RuntimeError(f"undo log of {xid} branch {branch_id} keeps changing under the rollback")
     if branch.state == "records":
-        async with utc(conn, any(has_timestamp(r.meta) for r in branch.records)):
+        with utc(conn, any(has_timestamp(r.meta) for r in branch.records)):
             for record in reversed(branch.records):
                 if check:
                     current = await run(conn, current_image_sql(record.meta, record_keys(record)))
@@ -54,8 +48,8 @@ async def undo_branch(conn: Conn, xid: str, branch_id: int, check: bool) -> list
                     if found:
                         return found
                 for statement in reverse_record(record):
-                    await run(conn, statement)
-        await run(conn, undo_log.delete_branch(xid, branch_id))
+                    conn.defer(statement.inline())  # sent with the next read; its error raised there
+        conn.defer(undo_log.delete_branch(xid, branch_id).inline())
     await run(conn, global_lock.release(xid))
     return []
 
@@ -63,13 +57,14 @@ async def undo_branch(conn: Conn, xid: str, branch_id: int, check: bool) -> list
 async def compensate(branches: Sequence[tuple[int, Conn]], xid: str, check: bool) -> list[Conflict]:
     """Undo ``branches`` ((branch id, connection), in the order they were opened) as one
     unit: all committed, or — on a conflict or an error — all rolled back."""
-    opened: list[Conn] = []
+    opened: list[Pipelined] = []
     found: list[Conflict] = []
     try:
-        for branch_id, conn in reversed(branches):
+        for branch_id, raw in reversed(branches):
+            conn = Pipelined(raw)
             # No gap locks on the undo and lock tables: they would deadlock concurrent rollbacks.
-            await conn.query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            await conn.query("START TRANSACTION")
+            conn.defer("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            conn.defer("START TRANSACTION")
             opened.append(conn)
             found += await undo_branch(conn, xid, branch_id, check)
         if found:

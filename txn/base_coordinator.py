@@ -38,9 +38,20 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from . import failpoints, global_lock, global_log, undo_log
-from .base_branch import Conn, Result, images_of, read_image, run, run_dml, table_meta, target_table
+from .base_branch import (
+    Conn,
+    Pipelined,
+    Result,
+    error_code,
+    images_of,
+    read_image,
+    run,
+    run_dml,
+    table_meta,
+    target_table,
+)
 from .base_cleanup import Finished, clean_up
-from .base_compensate import compensate, error_code, rollback_all
+from .base_compensate import compensate, rollback_all
 from .global_log import Participant
 from .images import TableMeta, UndoRecord
 from .snapshot import SnapshotError, UnsupportedStatement, before_image_sql
@@ -188,13 +199,14 @@ class BaseTransaction:
     async def _attempt(self, by_source: dict[str, list[_Unit]], branch_work, count: int) -> list[Result]:
         """Every branch's local transaction, committed only if all of them succeeded."""
         results: list[Result | None] = [None] * count
-        opened: dict[str, Conn] = {}
+        opened: dict[str, Pipelined] = {}
         pending: dict[str, tuple[int, set[tuple[str, str]]]] = {}
 
         async def one(ds: str, units: list[_Unit]) -> None:
-            conn = await self.backends.branch(ds)
-            await self.backends.prepare(ds, conn)
-            await conn.query("START TRANSACTION")
+            raw = await self.backends.branch(ds)
+            await self.backends.prepare(ds, raw)
+            conn = Pipelined(raw)
+            conn.defer("START TRANSACTION")
             opened[ds] = conn
             pending[ds] = await branch_work(ds, conn, units, results)
 
@@ -224,60 +236,87 @@ class BaseTransaction:
         failpoints.hit("base_after_statement")
         return results  # type: ignore[return-value]
 
-    async def _write_branch(self, ds: str, conn: Conn, units: list[_Unit],
+    async def _write_branch(self, ds: str, conn: Pipelined, units: list[_Unit],
                             results: list[Result | None]) -> tuple[int, set[tuple[str, str]]]:
         participant = self.participants[ds]
         schema = self.backends.schema_of(ds)
         records: list[UndoRecord] = []
-        locks: set[tuple[str, str]] = set()
+        to_lock: list[tuple[str, TableMeta, list]] = []
         for unit in units:
             tree = _parse(unit.sql)
             meta = await table_meta(conn, schema, target_table(tree), self.backends.meta_cache)
-            result, record = await run_dml(conn, tree, meta, participant.branch_id, self.found_rows)
+            result, record = await run_dml(conn, tree, unit.sql, meta, participant.branch_id, self.found_rows)
             results[unit.index] = result
-            if record is None:
-                continue
-            records.append(record)
-            if self.isolation == "record_lock":
-                locks |= await self._acquire(ds, conn, f"{schema}.{meta.name}", meta, images_of(record))
+            if record is not None:
+                records.append(record)
+                to_lock.append((f"{schema}.{meta.name}", meta, images_of(record)))
         seq = self.seq.get(ds, 0)
+        bookkeeping = []
         if records or ds not in self.headers:
             # The header goes with the branch's first local commit: a rollback's tombstone meets it.
-            await run(conn, undo_log.insert_records(self.xid, participant.branch_id, seq + 1, records,
-                                                    with_header=ds not in self.headers))
+            bookkeeping.append(undo_log.insert_records(self.xid, participant.branch_id, seq + 1, records,
+                                                       with_header=ds not in self.headers).inline())
+        locks: set[tuple[str, str]] = set()
+        if self.isolation == "record_lock":
+            locks = await self._acquire(ds, conn, to_lock, bookkeeping)
+        else:
+            await conn.pipeline(bookkeeping)
         return seq + len(records), locks
 
-    async def _lock_branch(self, ds: str, conn: Conn, units: list[_Unit],
+    async def _lock_branch(self, ds: str, conn: Pipelined, units: list[_Unit],
                            results: list[Result | None]) -> tuple[int, set[tuple[str, str]]]:
         schema = self.backends.schema_of(ds)
-        locks: set[tuple[str, str]] = set()
+        to_lock: list[tuple[str, TableMeta, list]] = []
         for unit in units:
-            tree = _parse(unit.sql)
-            table, as_delete = _locked_rows_statement(tree)
+            table, as_delete = _locked_rows_statement(_parse(unit.sql))
             meta = await table_meta(conn, schema, table, self.backends.meta_cache)
             image = await read_image(conn, meta, before_image_sql(as_delete, meta))
-            locks |= await self._acquire(ds, conn, f"{schema}.{meta.name}", meta, image.rows)
-        return self.seq.get(ds, 0), locks
+            to_lock.append((f"{schema}.{meta.name}", meta, image.rows))
+        return self.seq.get(ds, 0), await self._acquire(ds, conn, to_lock)
 
-    async def _acquire(self, ds: str, conn: Conn, table: str, meta: TableMeta, rows) -> set[tuple[str, str]]:
-        """Global locks on these rows, in the branch's local transaction; LockBusy if another
-        global transaction holds one of them."""
-        held = self.locks.get(ds, set())
-        wanted = sorted({global_lock.pk_text(meta, row) for row in rows} - {t for n, t in held if n == table})
+    async def _acquire(self, ds: str, conn: Pipelined, to_lock: list[tuple[str, TableMeta, list]],
+                       along: Sequence[str] = ()) -> set[tuple[str, str]]:
+        """Global locks on these rows, in the branch's local transaction, sent with the
+        ``along`` statements (whose errors are raised); LockBusy if another global
+        transaction holds one of them."""
+        claimed = set(self.locks.get(ds, ()))
+        requests: list[tuple[str, list[str]]] = []
+        for table, meta, rows in to_lock:
+            wanted = sorted({global_lock.pk_text(meta, row) for row in rows} - {t for n, t in claimed if n == table})
+            if wanted:
+                requests.append((table, wanted))
+                claimed |= {(table, t) for t in wanted}
+        answers = await conn.answers([*along, *(global_lock.acquire(self.xid, t, w).inline() for t, w in requests)])
+        for answer in answers[:len(along)]:
+            if isinstance(answer, Exception):
+                raise answer
+        taken: set[tuple[str, str]] = set()
+        for (table, wanted), answer in zip(requests, answers[len(along):], strict=True):
+            if isinstance(answer, Exception):
+                if error_code(answer) != global_lock.ER_DUP_ENTRY:
+                    raise answer
+                wanted = await self._acquire_contended(conn, table, wanted)
+            taken |= {(table, t) for t in wanted}
+        return taken
+
+    async def _acquire_contended(self, conn: Pipelined, table: str, wanted: list[str]) -> list[str]:
+        """Some of ``wanted`` are held: by this transaction (e.g. taken in an earlier
+        statement on another actual table name) they are dropped and the rest taken;
+        by another one, LockBusy."""
         while wanted:
-            try:
-                await run(conn, global_lock.acquire(self.xid, table, wanted))
-                break
-            except Exception as exc:
-                if error_code(exc) != global_lock.ER_DUP_ENTRY:
-                    raise
             result = await run(conn, global_lock.holders(table, wanted))
             mine, others = global_lock.split_holders(result.rows, self.xid)
             if others:
                 key, holder = next(iter(others.items()))
                 raise LockBusy(table, key, holder) from None
             wanted = [t for t in wanted if t not in mine]
-        return {(table, t) for t in wanted}
+            try:
+                await run(conn, global_lock.acquire(self.xid, table, wanted))
+                return wanted
+            except Exception as exc:
+                if error_code(exc) != global_lock.ER_DUP_ENTRY:
+                    raise
+        return wanted
 
     # -- the end of the global transaction ------------------------------------------------
 

@@ -11,6 +11,7 @@ import logging
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .. import metrics
@@ -271,6 +272,47 @@ class BackendConnection:
         """Run one statement for the sidecar's own use; raise BackendError on error."""
         payloads, scanner = await self.collect(bytes((Command.QUERY,)) + sql.encode("utf-8"),
                                                ResponseKind.RESULT)
+        return self._result(payloads, scanner)
+
+    async def pipeline(self, sqls: Sequence[str]) -> list[QueryResult | BackendError]:
+        """Send several statements in one write and read their answers in order (the server
+        runs them one after another): one round trip instead of one per statement. Each
+        answer is a result or the BackendError of that statement alone; a failed statement
+        does not stop the ones after it."""
+        self.last_used = time.monotonic()
+        frames = []
+        for sql in sqls:
+            self._count_statement()
+            frames.append(frame(bytes((Command.QUERY,)) + sql.encode("utf-8"), 0)[0])
+        answers: list[QueryResult | BackendError] = []
+        pending = b""
+        try:
+            self.writer.write(b"".join(frames))
+            for _ in sqls:
+                scanner = ResponseScanner(ResponseKind.RESULT, self.deprecate_eof)
+                chunks: list[bytes] = []
+                data, pending = pending, b""
+                while True:
+                    if data:
+                        used = scanner.feed(data)
+                        chunks.append(data[:used])
+                        if scanner.done:
+                            pending = data[used:]  # the next statement's answer has begun
+                            break
+                    data = await self.reader.read(_READ_CHUNK)
+                    if not data:
+                        raise ConnectionClosed("backend closed the connection")
+                self._track(scanner)
+                try:
+                    answers.append(self._result(split_payloads(b"".join(chunks)), scanner))
+                except BackendError as exc:
+                    answers.append(exc)
+        except BaseException:
+            self.broken = True
+            raise
+        return answers
+
+    def _result(self, payloads: list[bytes], scanner: ResponseScanner) -> QueryResult:
         if scanner.error:
             raise BackendError(scanner.error)
         result = QueryResult([], [], affected_rows=scanner.affected_rows,
