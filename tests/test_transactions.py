@@ -78,7 +78,7 @@ def transfer(cur, a: int, b: int, amount: int) -> None:
 @pytest.mark.parametrize("mode", ["LOCAL", "XA"])
 def test_concurrent_transfers_keep_the_total(bank, sandbox, mode):
     failures: list[BaseException] = []
-    stats = {"commit": 0, "rollback": 0, "deadlock": 0}
+    stats = {"commit": 0, "rollback": 0, "deadlock": 0, "timeout": 0}
     lock = threading.Lock()
 
     def client(seed: int) -> None:
@@ -104,7 +104,7 @@ def test_concurrent_transfers_keep_the_total(bank, sandbox, mode):
                         if exc.args[0] not in (1205, 1213):  # lock wait timeout / deadlock
                             raise
                         conn.rollback()
-                        outcome = "deadlock"
+                        outcome = "timeout" if exc.args[0] == 1205 else "deadlock"
                     with lock:
                         stats[outcome] += 1
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
@@ -121,6 +121,39 @@ def test_concurrent_transfers_keep_the_total(bank, sandbox, mode):
     assert stats["commit"] > 50 and stats["rollback"] > 10, stats
     assert total(sandbox) == ACCOUNTS * INITIAL
     assert prepared_branches(sandbox) == []
+
+
+def test_a_deadlock_across_shards_is_explained_in_the_log(bank):
+    """Each server sees only half of the cycle: it ends by lock wait timeout, and the log says why."""
+    first, second = bank.connect(database="bank"), bank.connect(database="bank")
+    outcomes: list[int] = []
+    try:
+        c1, c2 = first.cursor(), second.cursor()
+        for cur in (c1, c2):
+            cur.execute("SET SESSION innodb_lock_wait_timeout = 1")
+        first.begin()
+        second.begin()
+        c1.execute("UPDATE account SET balance = balance - 1 WHERE id = 0")  # ds_0
+        c2.execute("UPDATE account SET balance = balance - 1 WHERE id = 1")  # ds_1
+
+        def cross(cur, account: int) -> None:
+            try:
+                cur.execute("UPDATE account SET balance = balance + 1 WHERE id = %s", (account,))
+                outcomes.append(0)
+            except pymysql.err.OperationalError as exc:
+                outcomes.append(exc.args[0])
+
+        thread = threading.Thread(target=cross, args=(c1, 1))
+        thread.start()
+        cross(c2, 0)
+        thread.join(10)
+        assert 1205 in outcomes
+        first.rollback()
+        second.rollback()
+    finally:
+        first.close()
+        second.close()
+    assert "possibly a deadlock across shards" in bank.log()
 
 
 def run_crashing_transfer(config: dict, workdir, failpoint: str, finish: str = "commit") -> None:

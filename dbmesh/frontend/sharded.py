@@ -42,6 +42,7 @@ log = logging.getLogger("dbmesh.sharded")
 
 ER_SHARDING = 1235  # ER_NOT_SUPPORTED_YET: drivers treat it as a statement error
 _DML_KINDS = ("insert", "update", "delete")
+ER_LOCK_WAIT_TIMEOUT = 1205
 
 _TXN_START = re.compile(r"^\s*(BEGIN(\s+WORK)?|START\s+TRANSACTION\b.*)\s*;?\s*$", re.I | re.S)
 _TXN_COMMIT = re.compile(r"^\s*COMMIT(\s+WORK)?\s*;?\s*$", re.I)
@@ -242,6 +243,13 @@ class ShardedExecutor:
                 await self._write(plan)
             else:
                 await self._merged_select(plan, binary)
+        except BackendError as exc:
+            if exc.err.code == ER_LOCK_WAIT_TIMEOUT and self.in_transaction and len(self.conns) > 1:
+                # Neither server sees a deadlock across two data sources; say what it may be.
+                log.warning("lock wait timeout in a transaction on data sources %s: possibly a deadlock "
+                            "across shards (each server sees only its half); keep innodb_lock_wait_timeout "
+                            "short or use BASE with record_lock", ", ".join(sorted(self.conns)))
+            raise
         finally:
             self.reading = False
             self.release()
