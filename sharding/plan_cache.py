@@ -71,6 +71,11 @@ def normalise(sql: str) -> tuple[str, list[str]] | None:
     return shape, literals
 
 
+def put_back(text: str, literals: list[str]) -> str:
+    """SQL generated from a shape, with each placeholder replaced by its literal's text."""
+    return _MARKER.sub(lambda m: literals[int(m.group(1))], text)
+
+
 def _literals_route_only(tree: exp.Expression) -> bool:
     """Every placeholder is inside WHERE, VALUES or an UPDATE's SET (never the select list,
     ORDER/GROUP BY, HAVING, LIMIT), so it can only change the route, not the result shape."""
@@ -122,8 +127,7 @@ class PlanCache:
             return None
         values = [_string_value(t) if t[0] == "'" else _number_value(t) for t in literals]
         result = plan(tree, rules, logical_db, params=values)
-        result.units = [RouteUnit(u.data_source, _MARKER.sub(lambda m: literals[int(m.group(1))], u.sql))
-                        for u in result.units]
+        result.units = [RouteUnit(u.data_source, put_back(u.sql, literals)) for u in result.units]
         return result
 
     @staticmethod

@@ -19,19 +19,16 @@ from typing import Any, Protocol
 from sqlglot import exp
 
 from . import meta as meta_sql
+from .base_templates import FullStatement, ShapedStatement
 from .images import TableImage, TableMeta, UndoRecord, image_from_rows
 from .snapshot import (
     AUTOINC_SETTINGS_SQL,
     SnapshotError,
-    UnsupportedStatement,
     after_image_sql,
-    before_image_sql,
     check_affected,
     check_autoinc_settings,
     inserted_image,
     inserted_keys,
-    restrict_to_keys,
-    statement_kind,
     updated_image,
 )
 from .sqltext import Statement
@@ -132,15 +129,6 @@ async def read_image(conn: Pipelined, meta: TableMeta, select: Statement | str) 
     return image_from_rows(meta, result.rows, text=True)
 
 
-def target_table(stmt: exp.Expression) -> str:
-    """The actual table an INSERT/UPDATE/DELETE writes (the router already renamed it)."""
-    statement_kind(stmt)  # refuses REPLACE and anything else
-    target = stmt.this.this if isinstance(stmt.this, exp.Schema) else stmt.this
-    if not isinstance(target, exp.Table) or not target.name:
-        raise UnsupportedStatement("BASE transaction mode cannot undo a statement that does not write a plain table")
-    return target.name
-
-
 async def table_meta(conn: Conn, schema: str, table: str,
                      cache: MutableMapping[tuple[str, str], TableMeta]) -> TableMeta:
     """The table's columns and primary key, read once per (schema, table) and cached."""
@@ -164,19 +152,19 @@ async def check_data_source(conn: Conn) -> None:
     check_autoinc_settings(lock_mode, increment)
 
 
-async def run_dml(conn: Pipelined, stmt: exp.Expression, sql: str, meta: TableMeta, branch_id: int,
-                  found_rows: bool = False) -> tuple[Result, UndoRecord | None]:
-    """Run one INSERT/UPDATE/DELETE (``stmt``, parsed from ``sql``) with its images; the
-    record is None when no row changed. ``found_rows``: the client asked for
-    CLIENT_FOUND_ROWS (an UPDATE reports matched rows)."""
-    kind = statement_kind(stmt)
+async def run_dml(conn: Pipelined, statement: FullStatement | ShapedStatement, sql: str, meta: TableMeta,
+                  branch_id: int, found_rows: bool = False) -> tuple[Result, UndoRecord | None]:
+    """Run one INSERT/UPDATE/DELETE (``statement``, the parsed or shaped form of ``sql``)
+    with its images; the record is None when no row changed. ``found_rows``: the client
+    asked for CLIENT_FOUND_ROWS (an UPDATE reports matched rows)."""
+    kind, stmt = statement.kind, statement.tree
     if kind == "INSERT":
         return await _insert(conn, stmt, sql, meta, branch_id)
-    before = await read_image(conn, meta, before_image_sql(stmt, meta))
+    before = await read_image(conn, meta, statement.before_sql(meta))
     if not before.rows:
         # Nothing matches (the rows are locked by FOR UPDATE: nothing can start matching).
         return await conn.query(sql), None
-    change = restrict_to_keys(stmt, meta, before.keys())
+    change = statement.change_sql(meta, before.keys())
     if kind == "DELETE":
         result = await conn.query(change)
         check_affected(stmt, before, result.affected_rows, found_rows)

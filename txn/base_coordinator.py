@@ -48,10 +48,10 @@ from .base_branch import (
     run,
     run_dml,
     table_meta,
-    target_table,
 )
 from .base_cleanup import Finished, clean_up
 from .base_compensate import compensate, rollback_all
+from .base_templates import Templates
 from .global_log import Participant
 from .images import TableMeta, UndoRecord
 from .snapshot import SnapshotError, UnsupportedStatement, before_image_sql
@@ -110,8 +110,9 @@ class Backends:
     schema_of: Callable[[str], str]
     # Run once per data source before its first branch (creates the undo and lock tables).
     prepare: Callable[[str, Conn], Awaitable[None]]
-    # Actual table metadata, shared by the sidecar's sessions.
+    # Actual table metadata and statement shapes, shared by the sidecar's sessions.
     meta_cache: dict[tuple[str, str], TableMeta] = field(default_factory=dict)
+    templates: Templates = field(default_factory=Templates)
     # The log data source, and where finished transactions go for (batched) clean-up.
     log_source: str = ""
     finished: Callable[[Finished], None] = lambda f: None
@@ -243,9 +244,13 @@ class BaseTransaction:
         records: list[UndoRecord] = []
         to_lock: list[tuple[str, TableMeta, list]] = []
         for unit in units:
-            tree = _parse(unit.sql)
-            meta = await table_meta(conn, schema, target_table(tree), self.backends.meta_cache)
-            result, record = await run_dml(conn, tree, unit.sql, meta, participant.branch_id, self.found_rows)
+            statement = self.backends.templates.statement(unit.sql)
+            if not statement.table:
+                raise UnsupportedStatement("BASE transaction mode cannot undo a statement that does not "
+                                           "write a plain table")
+            meta = await table_meta(conn, schema, statement.table, self.backends.meta_cache)
+            result, record = await run_dml(conn, statement, unit.sql, meta, participant.branch_id,
+                                           self.found_rows)
             results[unit.index] = result
             if record is not None:
                 records.append(record)

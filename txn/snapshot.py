@@ -165,13 +165,24 @@ def restrict_to_keys(stmt: exp.Expression, meta: TableMeta, keys: Sequence[Seque
     """The UPDATE/DELETE ``stmt`` changed to act on exactly the rows with these primary
     keys (the before image's): WHERE becomes the key match, LIMIT goes, ORDER BY stays (it
     orders the changes, which unique keys may depend on)."""
+    return fill_keys(restricted_template(stmt, meta), meta, keys)
+
+
+def restricted_template(stmt: exp.Expression, meta: TableMeta) -> str:
+    """``restrict_to_keys``'s SQL with a marker where the key match goes (``fill_keys``
+    puts it there): built once for statements that differ only in literals."""
     if statement_kind(stmt) == "INSERT":
         raise SnapshotError("restrict_to_keys is for UPDATE and DELETE")
     _target(stmt, meta)
     copy = stmt.copy()
     copy.set("limit", None)
     copy.set("where", exp.Where(this=exp.column(_MARKER)))
-    return _splice(copy, _MARKER, inline(key_match(meta.primary_key, len(keys)), [v for key in keys for v in key]))
+    return _splice(copy, _MARKER, _MARKER)
+
+
+def fill_keys(template: str, meta: TableMeta, keys: Sequence[Sequence[Any]]) -> str:
+    return template.replace(_MARKER, inline(key_match(meta.primary_key, len(keys)),
+                                            [v for key in keys for v in key]), 1)
 
 
 def after_image_sql(meta: TableMeta, keys: Sequence[Sequence[Any]], schema: str | None = None) -> Statement:

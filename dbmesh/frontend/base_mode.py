@@ -17,6 +17,7 @@ from txn import base_recovery, global_lock, global_log, undo_log
 from txn.base_branch import Conn, check_data_source
 from txn.base_cleanup import CleanupQueue
 from txn.base_coordinator import Backends
+from txn.base_templates import Templates
 from txn.images import TableMeta
 from txn.sqltext import Statement
 
@@ -38,6 +39,7 @@ class BaseState:
         self.prepared_sources: set[str] = set()   # undo log + global lock tables exist, settings checked
         self.log_sources: set[str] = set()        # global transaction table exists
         self.meta_cache: dict[tuple[str, str], TableMeta] = {}
+        self.templates = Templates()                # UPDATE/DELETE shapes' image SQL
         self.running: set[str] = set()            # xids a session is driving
         self.cleanup = CleanupQueue(lambda ds, statement: run_plain(server, ds, statement))
 
@@ -107,6 +109,7 @@ def backends(server: Server, log_source: str,
         schema_of=lambda ds: server.config.data_sources[ds].database,
         prepare=prepare,
         meta_cache=state.meta_cache,
+        templates=state.templates,
         log_source=log_source,
         finished=state.cleanup.add,
     )
