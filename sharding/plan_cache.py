@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -102,12 +103,18 @@ class PointShape:
         self.positions = positions    # (sharding column, literal index) pairs
         self.locking = locking
 
-    def plan(self, tree: exp.Expression, logical_db: str, values: list[Any]) -> Plan | None:
+    def node(self, values: Sequence[Any]) -> Any:
+        """The DataNode for these literal values, or None when the full path must decide."""
         conds = {column: ExactValues((values[i],)) for column, i in self.positions}
         nodes = self.rule.route(conds)
         if len(nodes) > 1:
-            return None  # an algorithm that cannot narrow to one node: the full path decides
-        node = nodes[0] if nodes else self.rule.data_nodes[0]  # as the planner: ask one node
+            return None  # an algorithm that cannot narrow to one node
+        return nodes[0] if nodes else self.rule.data_nodes[0]  # as the planner: ask one node
+
+    def plan(self, tree: exp.Expression, logical_db: str, values: list[Any]) -> Plan | None:
+        node = self.node(values)
+        if node is None:
+            return None
         sql = planner._render(tree, {self.table: node.table}, logical_db)
         result = Plan(self.kind, [RouteUnit(node.data_source, sql)], write=self.kind != "select")
         result.locking = self.locking
