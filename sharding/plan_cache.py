@@ -51,21 +51,36 @@ def _number_value(text: str) -> Any:
     return Decimal(text)
 
 
+# _LITERAL as the separator of re.split: text, literal, text, literal, ..., text in one C call.
+_SPLIT = re.compile("(" + _LITERAL.pattern + ")", re.S)
+
+
+def _split(sql: str) -> list[str] | None:
+    """The text cut at its literals (text, literal, ..., text), or None when the text has
+    something the cheap scan cannot see through (comments, ?, hex or charset literals) or
+    no literal at all."""
+    if "/*" in sql or "--" in sql or "#" in sql or "?" in sql or '"' in sql or ":" in sql:
+        return None
+    pieces = _SPLIT.split(sql)
+    return pieces if len(pieces) > 1 else None
+
+
+def _shape(pieces: list[str]) -> str:
+    """The texts between literals joined with numbered placeholders."""
+    out = [pieces[0]]
+    for n, text in enumerate(pieces[2::2]):
+        out.append(f":{conditions.PLACEHOLDER_PREFIX}{n}")
+        out.append(text)
+    return "".join(out)
+
+
 def normalise(sql: str) -> tuple[str, list[str]] | None:
     """(shape with numbered placeholders, literal texts in order), or None when the text has
     something the cheap scan cannot see through (comments, ?, hex or charset literals)."""
-    if "/*" in sql or "--" in sql or "#" in sql or "?" in sql or '"' in sql or ":" in sql:
+    pieces = _split(sql)
+    if pieces is None:
         return None
-    literals: list[str] = []
-
-    def cut(match: re.Match[str]) -> str:
-        literals.append(match.group(0))
-        return f":{conditions.PLACEHOLDER_PREFIX}{len(literals) - 1}"
-
-    shape = _LITERAL.sub(cut, sql)
-    if not literals:
-        return None
-    return shape, literals
+    return _shape(pieces), pieces[1::2]
 
 
 def _literals_route_only(tree: exp.Expression) -> bool:
@@ -167,7 +182,7 @@ def point_shape(tree: exp.Expression, rules: Any, logical_db: str) -> PointShape
     return PointShape(kind, rule, ref.name, tuple(positions), bool(tree.find(exp.Lock)))
 
 
-def _forget_memos(trees: OrderedDict[str, Any]) -> None:
+def _forget_memos(trees: OrderedDict[tuple[str, ...], Any]) -> None:
     for tree in trees.values():
         MEMOS.pop(id(tree), None)
 
@@ -175,9 +190,9 @@ def _forget_memos(trees: OrderedDict[str, Any]) -> None:
 class PlanCache:
     def __init__(self, capacity: int = 2048):
         self.capacity = capacity
-        self._trees: OrderedDict[str, Any] = OrderedDict()
+        self._trees: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         # key -> PointShape, or _UNCACHEABLE when the shape needs the full planner
-        self._points: dict[str, Any] = {}
+        self._points: dict[tuple[str, ...], Any] = {}
         self._templates: dict[str, list[str]] = {}
         self.hits = 0
         self.misses = 0
@@ -187,15 +202,15 @@ class PlanCache:
 
     def plan(self, sql: str, rules: Any, logical_db: str) -> Plan | None:
         """The plan for ``sql`` through the cache, or None to take the full path."""
-        normalised = normalise(sql)
-        if normalised is None:
+        pieces = _split(sql)
+        if pieces is None:
             return None
-        shape, literals = normalised
-        key = f"{logical_db}\0{shape}"
+        literals = pieces[1::2]
+        key = (logical_db, *pieces[0::2])  # the shape, without building its text on a hit
         tree = self._trees.get(key)
         if tree is None:
             self.misses += 1
-            tree = self._parse(shape)
+            tree = self._parse(_shape(pieces))
             self._trees[key] = tree
             if tree is not _UNCACHEABLE:
                 MEMOS[id(tree)] = {}
@@ -228,7 +243,7 @@ class PlanCache:
             out[i] = literals[int(out[i])]
         return "".join(out)
 
-    def _point_plan(self, key: str, tree: exp.Expression, rules: Any, logical_db: str,
+    def _point_plan(self, key: tuple[str, ...], tree: exp.Expression, rules: Any, logical_db: str,
                     values: list[Any]) -> Plan | None:
         """The plan of a point shape, or None for the full planner. Session or comment hints
         (HINT strategies) make every shape take the full path."""

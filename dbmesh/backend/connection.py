@@ -220,6 +220,8 @@ class BackendConnection:
         try:
             self.send(payload)
             read = self.reader.read
+            # The sink may be a mirror.Tee standing in for the client's writer: write through
+            # it, look at the transport only for its state.
             out = sink.transport if sink is not None else None
             while not scanner.done:
                 data = await read(_READ_CHUNK)
@@ -229,7 +231,7 @@ class BackendConnection:
                 # A client gone mid-response: read the rest and drop it, so this connection
                 # stays usable (uvloop raises on writes to a closed transport).
                 if out is not None and not out.is_closing():
-                    out.write(data if used == len(data) else data[:used])
+                    sink.write(data if used == len(data) else data[:used])
                     if out.get_write_buffer_size() > 1 << 20:
                         try:
                             await sink.drain()

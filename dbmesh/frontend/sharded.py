@@ -118,7 +118,7 @@ class ShardedExecutor:
             return held[0]
         session = self.session
         pool = (self._replica_pool(data_source) if self.reading else None) or session.server.pools[data_source]
-        conn = await pool.acquire(session.caps_key)
+        conn = pool.acquire_idle(session.caps_key) or await pool.acquire(session.caps_key)
         self.conns[data_source] = (conn, pool)
         try:
             await session.sync_state(conn, session.config.data_sources[data_source].database)

@@ -38,6 +38,10 @@ class _State:
     DONE = 9
 
 
+# States where a packet is a column or parameter definition, only counted.
+_DEFINITIONS = frozenset((_State.COLUMNS, _State.PREPARE_PARAMS, _State.PREPARE_COLUMNS))
+
+
 class ResponseScanner:
     __slots__ = ("kind", "deprecate_eof", "done", "_status", "status_seen", "affected_rows", "last_insert_id",
                  "warnings", "error", "result_sets", "stmt_id", "num_params", "num_columns",
@@ -91,9 +95,20 @@ class ResponseScanner:
                 stop = start + length
                 if stop <= end and length < MAX_PACKET:
                     pos = stop
-                    if length > _INSPECT and data[start] != ERR_HEADER:
-                        stop = start + _INSPECT
                     self._length = length
+                    first = data[start] if length else -1
+                    state = self._state
+                    # Rows and column definitions need no look inside: skip them here
+                    # rather than in _on_packet (most packets of a result are these).
+                    if state == _State.ROWS and 0 <= first < EOF_HEADER:
+                        continue
+                    if state in _DEFINITIONS and self.kind != ResponseKind.FIELD_LIST:
+                        self._left -= 1
+                        if self._left == 0:
+                            self._after_definitions()
+                        continue
+                    if length > _INSPECT and first != ERR_HEADER:
+                        stop = start + _INSPECT
                     self._on_packet(bytes(data[start:stop]), length)
                     continue
             if self._remaining == 0 and len(self._header) < 4:
