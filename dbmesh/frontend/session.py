@@ -262,8 +262,10 @@ class Session:
             Command.STMT_FETCH: self.com_stmt_fetch,
         }
         writer = self.writer
+        read = self.packets.read
         while True:
-            payload = await self._next_command()
+            # Holding no backend connection (the usual case): nothing to time out, read directly.
+            payload = await (read() if self.held is None else self._next_command())
             if not payload:
                 raise MalformedPacket("empty command packet")
             command = payload[0]
@@ -380,9 +382,20 @@ class Session:
             self.keep_for_statements = max(self.keep_for_statements, 1)
         self._return_held(force=False)
 
+    def _borrow_now(self) -> BackendConnection | None:
+        """borrow() when it needs no I/O (an idle connection in sync), without its coroutine."""
+        conn = self.held
+        if conn is None:
+            pool = self._route().pool
+            conn = pool.acquire_idle(self.caps_key, self.last_conn)
+            if conn is None:
+                return None
+            self.held, self.held_pool = conn, pool
+        return conn if self._in_sync(conn) else None
+
     async def relay(self, payload: bytes, kind: ResponseKind) -> ResponseScanner | None:
         """Borrow a backend, relay one command's response to the client, give it back."""
-        conn = await self.borrow()
+        conn = self._borrow_now() or await self.borrow()
         try:
             scanner = await conn.relay(payload, kind, self.writer)
         except (ConnectionError, OSError, MalformedPacket) as exc:
