@@ -51,6 +51,7 @@ class Settings:
     busy_clients: int
     busy_seconds: int
     lock_wait_timeout: int | None  # None: MariaDB's default (50 s)
+    workers: int = 1  # dbmesh server.workers (CPU and memory then cover the supervisor and workers)
 
     def workloads(self) -> list[sysbench.Workload]:
         """Every combination, prepared statements first (sysbench's default), then text."""
@@ -62,10 +63,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.quick:
         return Settings(quick=True, seconds=3, warmup_seconds=1, threads=(8,), table_size=args.table_size,
                         idle_clients=1000, busy_clients=200, busy_seconds=3,
-                        lock_wait_timeout=args.lock_wait_timeout)
+                        lock_wait_timeout=args.lock_wait_timeout, workers=args.workers)
     return Settings(quick=False, seconds=args.seconds, warmup_seconds=3, threads=(8, 64),
                     table_size=args.table_size, idle_clients=1000, busy_clients=200, busy_seconds=10,
-                    lock_wait_timeout=args.lock_wait_timeout)
+                    lock_wait_timeout=args.lock_wait_timeout, workers=args.workers)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="SET GLOBAL innodb_lock_wait_timeout on both servers (default: leave 50 s). "
                              "A deadlock across shards is seen by neither server and lasts this long")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="where to write the JSON")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run the dbmesh proxies with server.workers = N (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, configs)")
     return parser.parse_args(argv)
 
@@ -88,15 +91,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Bench:
     """The sandbox and the proxies in front of it; restarts a proxy that died."""
 
-    def __init__(self, box: Sandbox, workdir: Path):
+    def __init__(self, box: Sandbox, workdir: Path, workers: int = 1):
         self.box = box
+        self.workers = workers
         self.workdir = workdir
         self.services: dict[str, services.Service] = {}
         self.crashes: list[dict[str, Any]] = []
         self._starters: dict[str, Callable[[], services.Service]] = {
             "passthrough": lambda: services.start_dbmesh("dbmesh-passthrough", cluster.passthrough_config(box),
-                                                         workdir),
-            "sharded": lambda: services.start_dbmesh("dbmesh-sharded", cluster.sharded_config(box), workdir),
+                                                         workdir, workers),
+            "sharded": lambda: services.start_dbmesh("dbmesh-sharded", cluster.sharded_config(box), workdir,
+                                                     workers),
             "haproxy": lambda: services.start_haproxy(*self._ds_0_address(), workdir),
         }
 
@@ -145,11 +150,11 @@ def run_one(bench: Bench, config: str, workload: sysbench.Workload, settings: Se
     """One sysbench run, with the proxy's CPU time measured around it."""
     bench.ensure_running(config)
     pid = bench.pid(config)
-    cpu_before = procstat.cpu_seconds(pid) if pid else None
+    cpu_before = procstat.tree_cpu_seconds(pid) if pid else None
     result = sysbench.run(workload, bench.endpoint(config), settings.seconds, settings.table_size)
     run = Run(config, workload, result, requested_s=settings.seconds, status=report.classify(result))
     if pid and cpu_before is not None and bench.pid(config) == pid:
-        run.proxy_cpu_s = procstat.cpu_seconds(pid) - cpu_before
+        run.proxy_cpu_s = procstat.tree_cpu_seconds(pid) - cpu_before
     if config in bench.services:
         run.proxy_trouble = bench.services[config].new_trouble()
     return run
@@ -188,13 +193,13 @@ def run_matrix(bench: Bench, settings: Settings, runs: list[Run]) -> None:
 def measure_memory(bench: Bench, settings: Settings, config: str) -> Memory:
     """Idle and busy clients, each phase against a freshly started proxy process."""
     start = {"passthrough": cluster.passthrough_config, "sharded": cluster.sharded_config}[config]
-    idle_proxy = services.start_dbmesh(f"memory-idle-{config}", start(bench.box), bench.workdir)
+    idle_proxy = services.start_dbmesh(f"memory-idle-{config}", start(bench.box), bench.workdir, bench.workers)
     try:
         idle = clients.measure_idle(idle_proxy.pid, cluster.proxy_endpoint(idle_proxy.port),
                                     settings.idle_clients)
     finally:
         idle_proxy.stop()
-    busy_proxy = services.start_dbmesh(f"memory-busy-{config}", start(bench.box), bench.workdir)
+    busy_proxy = services.start_dbmesh(f"memory-busy-{config}", start(bench.box), bench.workdir, bench.workers)
     try:
         busy = clients.measure_busy(busy_proxy.pid, cluster.proxy_endpoint(busy_proxy.port),
                                     settings.busy_clients, settings.busy_seconds, settings.table_size)
@@ -288,7 +293,7 @@ def execute(settings: Settings, state: State) -> None:
     state.machine = report.machine_info(cluster.mariadb_version(box), services.haproxy_version(), HERE.parent)
     state.machine["mariadb_innodb_lock_wait_timeout_s"] = cluster.lock_wait_timeout(box)
     print(f"rows: {cluster.row_counts(box)}", flush=True)
-    state.bench = Bench(box, state.workdir)
+    state.bench = Bench(box, state.workdir, settings.workers)
     state.bench.start_all()
     warm_up(state.bench, settings)
     run_matrix(state.bench, settings, state.runs)

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 
 DEFAULT_SANDBOX_DIR = ".sandbox"
 
@@ -28,29 +28,53 @@ def _install_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(config_path: str) -> None:
+async def _serve(config: Config, slot: tuple[int, int, int, int] | None = None) -> None:
+    from . import workers
     from .frontend.server import Server
 
-    server = Server(load_config(config_path))
+    if slot is None:
+        server = Server(config)
+    else:
+        index, count, port, _ = slot
+        server = Server(config, worker_index=index, worker_count=count, port=port)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if slot is not None:
+        watcher = asyncio.create_task(workers.watch_supervisor(slot[3], stop))
     serving = asyncio.create_task(server.serve_forever())
     await stop.wait()
     serving.cancel()
+    if slot is not None:
+        watcher.cancel()
     await server.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import workers
+
     _setup_logging(args.log_level)
-    _install_loop_policy()
+    slot = workers.parse_slot(args.worker_slot) if args.worker_slot else None
+    if slot is not None:
+        workers.die_with_supervisor(slot[3])
+        from sharding import keygen
+
+        keygen.use_process_slot(slot[0], slot[1])  # before the config builds key generators
     try:
-        asyncio.run(_serve(args.config))
+        config = load_config(args.config)
     except ConfigError as exc:
         print(f"dbmesh: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.workers is not None and args.workers < 0:
+        print("dbmesh: --workers must be 0 (one per CPU) or more", file=sys.stderr)
+        return 2
+    count = workers.worker_count(args.workers if args.workers is not None else config.server.workers)
+    if slot is None and count > 1:
+        return workers.supervise(args.config, config, count, args.log_level)
+    _install_loop_policy()
+    asyncio.run(_serve(config, slot))
     return 0
 
 
@@ -100,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="serve the MySQL protocol with a config file")
     run.add_argument("-c", "--config", required=True)
+    run.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="worker processes sharing the port (overrides server.workers; 0: one per CPU)")
+    run.add_argument("--worker-slot", help=argparse.SUPPRESS)  # set by the supervisor for its workers
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a config file")

@@ -44,6 +44,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    # Worker processes sharing the listen port (SO_REUSEPORT); 0 means one per CPU.
+    # 1 (the default) is a single process with no supervisor. See README "Worker processes".
+    workers: int = 1
+
+
+@dataclass(frozen=True)
 class UserConfig:
     name: str
     password: str
@@ -149,6 +156,7 @@ class Config:
     # ... but only while the client sends its next statement within this many seconds.
     auto_increment_delay_multiplex_timeout_s: float = 1.0
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     # Names this sidecar in XA transaction ids, so recovery after a restart touches only the
     # transactions it started (give each sidecar process of a deployment its own).
     instance_id: str = "dbmesh"
@@ -430,7 +438,13 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
     top = _mapping(raw, "")
     _reject_unknown(top, {"listen", "users", "data_sources", "databases", "default_data_source",
                           "auto_increment_delay_multiplex", "auto_increment_delay_multiplex_timeout_s",
-                          "metrics", "instance_id"}, "(top level)")
+                          "metrics", "instance_id", "server"}, "(top level)")
+    server_section = _mapping(top.get("server"), "server")
+    _reject_unknown(server_section, {"workers"}, "server")
+    workers = server_section.get("workers", 1)
+    if workers == "auto":
+        workers = 0
+    server = ServerConfig(workers=_int({"workers": workers}, "workers", "server", 1, 0, 256))
     metrics_section = _mapping(top.get("metrics"), "metrics")
     _reject_unknown(metrics_section, {"host", "port"}, "metrics")
     metrics = MetricsConfig(host=_str(metrics_section, "host", "metrics", "127.0.0.1"),
@@ -457,6 +471,7 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
         auto_increment_delay_multiplex_timeout_s=_float(top, "auto_increment_delay_multiplex_timeout_s",
                                                         "(top level)", 1.0),
         metrics=metrics,
+        server=server,
         instance_id=_instance_id(top),
         source_path=source_path,
     )

@@ -1,24 +1,42 @@
-"""Prometheus figures of the sidecar, served over HTTP when `metrics.port` is configured."""
+"""Prometheus figures of the sidecar, served over HTTP when `metrics.port` is configured.
+
+With several worker processes (``server.workers``) prometheus_client runs in multiprocess
+mode: the supervisor sets PROMETHEUS_MULTIPROC_DIR for the workers, each writes its figures
+there, and the supervisor alone serves /metrics, summing counters over workers. A gauge's
+``multiprocess_mode`` says how workers' values combine (ignored in a single process).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 BACKEND_STATEMENTS = Counter("dbmesh_backend_statements_total",
                              "Commands sent to a backend server", ["data_source", "role"])
 BACKEND_ERRORS = Counter("dbmesh_backend_errors_total",
                          "Backend commands answered with an error or lost", ["data_source", "role"])
+# Each worker probes replicas itself: the worst lag any worker saw, and healthy only if every
+# worker has the replica in rotation.
 REPLICA_LAG = Gauge("dbmesh_replica_lag_seconds", "Seconds_Behind_Master at the last probe (-1: unknown)",
-                    ["data_source", "replica"])
+                    ["data_source", "replica"], multiprocess_mode="livemax")
 REPLICA_HEALTHY = Gauge("dbmesh_replica_healthy", "1 when the replica is in read rotation",
-                        ["data_source", "replica"])
-CLIENT_SESSIONS = Gauge("dbmesh_client_sessions", "Client connections open now")
+                        ["data_source", "replica"], multiprocess_mode="livemin")
+CLIENT_SESSIONS = Gauge("dbmesh_client_sessions", "Client connections open now", multiprocess_mode="livesum")
 POOL_CONNECTIONS = Gauge("dbmesh_pool_connections", "Backend connections open (idle or lent)",
-                         ["data_source", "role"])
+                         ["data_source", "role"], multiprocess_mode="livesum")
 
 
 def serve(host: str, port: int) -> None:
     start_http_server(port, addr=host)
+
+
+def serve_workers(host: str, port: int, directory: str) -> None:
+    """/metrics of all worker processes together (the supervisor's, in multiprocess mode:
+    the workers write their figures to ``directory``)."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    start_http_server(port, addr=host, registry=registry)
 
 # Shadow traffic (shadow/, dbmesh/frontend/shadow.py) and read mirroring (dbmesh/mirror.py).
 SHADOW_STATEMENTS = Counter("dbmesh_shadow_statements_total",

@@ -6,7 +6,10 @@ SNOWFLAKE ids are 63-bit positive ints laid out as::
 
 Uniqueness across sidecar processes rests entirely on every process having a distinct
 ``worker_id`` (0..1023) in its config; within one process a lock, a per-millisecond
-sequence and a refusal to go back in time make ids unique and strictly increasing.
+sequence and a refusal to go back in time make ids unique and strictly increasing. The
+worker processes of one sidecar (``server.workers``) share its config and so its
+``worker_id``: they split the sequence instead, worker k of n using the sequence numbers
+congruent to k modulo n (see use_process_slot).
 """
 
 from __future__ import annotations
@@ -67,6 +70,19 @@ def _int_prop(props: Mapping[str, Any], name: str, default: int, low: int, high:
     return value
 
 
+# (index, count) of this process among the sidecar's worker processes; see use_process_slot.
+_PROCESS_SLOT = (0, 1)
+
+
+def use_process_slot(index: int, count: int) -> None:
+    """Make SNOWFLAKE generators created from now on use only the sequence numbers ``index``
+    modulo ``count``: the worker processes of one sidecar then never issue the same id."""
+    global _PROCESS_SLOT
+    if not 0 <= index < count or count > MAX_SEQUENCE + 1:
+        raise ValueError(f"bad process slot {index}/{count}")
+    _PROCESS_SLOT = (index, count)
+
+
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -92,6 +108,9 @@ class SnowflakeKeyGenerator(KeyGenerator):
         self.max_vibration = _int_prop(p, "max_vibration_offset", 255, 0, MAX_SEQUENCE)
         self._clock = clock
         self._sleep = sleep
+        # Sequence numbers offset + k * stride only (offset 0, stride 1 in a single process).
+        self._offset, self._stride = _PROCESS_SLOT
+        self._max_vibration = min(self.max_vibration, (MAX_SEQUENCE - self._offset) // self._stride)
         self._lock = threading.Lock()
         self._last_ms = -1
         self._sequence = 0
@@ -101,11 +120,11 @@ class SnowflakeKeyGenerator(KeyGenerator):
         with self._lock:
             now = self._current_ms()
             if now == self._last_ms:
-                if self._sequence >= MAX_SEQUENCE:
+                if self._sequence + self._stride > MAX_SEQUENCE:
                     now = self._wait_after(self._last_ms)
                     self._start_millisecond()
                 else:
-                    self._sequence += 1
+                    self._sequence += self._stride
             else:
                 self._start_millisecond()
             self._last_ms = now
@@ -113,8 +132,8 @@ class SnowflakeKeyGenerator(KeyGenerator):
                 self.worker_id << SEQUENCE_BITS) | self._sequence
 
     def _start_millisecond(self) -> None:
-        self._sequence = self._vibration
-        self._vibration = 0 if self._vibration >= self.max_vibration else self._vibration + 1
+        self._sequence = self._offset + self._vibration * self._stride
+        self._vibration = 0 if self._vibration >= self._max_vibration else self._vibration + 1
 
     def _current_ms(self) -> int:
         now = self._clock()

@@ -13,14 +13,17 @@ comments take the full path.
 from __future__ import annotations
 
 import re
+import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from sqlglot import exp
 
-from . import conditions
+from . import conditions, planner
 from .planner import MEMOS, Plan, RouteUnit, parse_statement, plan
+from .rules import ExactValues
 
 # A quoted string, or a number not glued to an identifier (t_order_1) or a qualifier.
 _LITERAL = re.compile(
@@ -48,27 +51,42 @@ def _number_value(text: str) -> Any:
     return Decimal(text)
 
 
+# _LITERAL as the separator of re.split: text, literal, text, literal, ..., text in one C call.
+_SPLIT = re.compile("(" + _LITERAL.pattern + ")", re.S)
+
+
+def _split(sql: str) -> list[str] | None:
+    """The text cut at its literals (text, literal, ..., text), or None when the text has
+    something the cheap scan cannot see through (comments, ?, hex or charset literals) or
+    no literal at all."""
+    if "/*" in sql or "--" in sql or "#" in sql or "?" in sql or '"' in sql or ":" in sql:
+        return None
+    pieces = _SPLIT.split(sql)
+    if len(pieces) == 1:
+        return None
+    for i in range(1, len(pieces), 2):
+        before = pieces[i - 1][-1:]
+        if pieces[i][0] == "'" and (before.isalnum() or before == "_"):
+            return None  # x'0A', b'01', N'..', _utf8mb4'..': the prefix changes what the string means
+    return pieces
+
+
+def _shape(pieces: list[str]) -> str:
+    """The texts between literals joined with numbered placeholders."""
+    out = [pieces[0]]
+    for n, text in enumerate(pieces[2::2]):
+        out.append(f":{conditions.PLACEHOLDER_PREFIX}{n}")
+        out.append(text)
+    return "".join(out)
+
+
 def normalise(sql: str) -> tuple[str, list[str]] | None:
     """(shape with numbered placeholders, literal texts in order), or None when the text has
     something the cheap scan cannot see through (comments, ?, hex or charset literals)."""
-    if "/*" in sql or "--" in sql or "#" in sql or "?" in sql or '"' in sql or ":" in sql:
+    pieces = _split(sql)
+    if pieces is None:
         return None
-    literals: list[str] = []
-    prefixed = False
-
-    def cut(match: re.Match[str]) -> str:
-        nonlocal prefixed
-        text = match.group(0)
-        # x'0A', b'01', N'..', _utf8mb4'..': the prefix changes what the string means.
-        prefixed |= text[0] == "'" and match.start() > 0 and (sql[match.start() - 1].isalnum()
-                                                               or sql[match.start() - 1] == "_")
-        literals.append(text)
-        return f":{conditions.PLACEHOLDER_PREFIX}{len(literals) - 1}"
-
-    shape = _LITERAL.sub(cut, sql)
-    if not literals or prefixed:
-        return None
-    return shape, literals
+    return _shape(pieces), pieces[1::2]
 
 
 def put_back(text: str, literals: list[str]) -> str:
@@ -96,39 +114,159 @@ def _literals_route_only(tree: exp.Expression) -> bool:
     return True
 
 
+class PointShape:
+    """A shape whose route is one table's node picked by equalities on its sharding columns
+    (``WHERE id = 5 AND ...``): a hit routes it from those literals alone, without the
+    planner's walk of the tree. Built only for shapes where that is provably what the full
+    planner does (see point_shape); anything else keeps the full route."""
+
+    __slots__ = ("kind", "rule", "table", "positions", "locking")
+
+    def __init__(self, kind: str, rule: Any, table: str, positions: tuple[tuple[str, int], ...], locking: bool):
+        self.kind = kind              # select | update | delete
+        self.rule = rule              # the table's TableRule
+        self.table = table            # lower-case logical name
+        self.positions = positions    # (sharding column, literal index) pairs
+        self.locking = locking
+
+    def node(self, values: Sequence[Any]) -> Any:
+        """The DataNode for these literal values, or None when the full path must decide."""
+        conds = {column: ExactValues((values[i],)) for column, i in self.positions}
+        nodes = self.rule.route(conds)
+        if len(nodes) > 1:
+            return None  # an algorithm that cannot narrow to one node
+        return nodes[0] if nodes else self.rule.data_nodes[0]  # as the planner: ask one node
+
+    def plan(self, tree: exp.Expression, logical_db: str, values: list[Any]) -> Plan | None:
+        node = self.node(values)
+        if node is None:
+            return None
+        sql = planner._render(tree, {self.table: node.table}, logical_db)
+        result = Plan(self.kind, [RouteUnit(node.data_source, sql)], write=self.kind != "select")
+        result.locking = self.locking
+        return result
+
+
+def point_shape(tree: exp.Expression, rules: Any, logical_db: str) -> PointShape | None:
+    """The PointShape of a cached tree, or None when it needs the full planner: more than one
+    table, subqueries, OR, a sharding column compared other than ``= literal`` or named more
+    than once, a hint-based strategy, or an UPDATE that assigns a sharding column."""
+    if not isinstance(tree, (exp.Select, exp.Update, exp.Delete)):
+        return None
+    if tree.find(exp.Subquery, exp.Exists, exp.Union, exp.CTE, exp.Window, exp.Join, exp.Or, exp.Xor):
+        return None
+    refs = planner._find_table_refs(tree, logical_db)
+    tables = list(tree.find_all(exp.Table))
+    if len(refs) != 1 or len(tables) != 1 or not rules.is_sharded(refs[0].name):
+        return None
+    ref = refs[0]
+    rule = rules.table_rule(ref.name)
+    if any(s is not None and s.algorithm.hint_based for s in (rule.database_strategy, rule.table_strategy)):
+        return None
+    columns = rule.sharding_columns
+    if isinstance(tree, exp.Update) and any(
+            isinstance(a.this, exp.Column) and a.this.name.lower() in columns for a in tree.expressions):
+        return None
+    where = tree.args.get("where")
+    if where is None or not columns:
+        return None
+    named = dict.fromkeys(columns, 0)
+    for column in where.find_all(exp.Column):
+        if column.name.lower() in named:
+            named[column.name.lower()] += 1
+    if any(count != 1 for count in named.values()):
+        return None
+    qualifiers = {None, ref.name, ref.alias}
+    positions = []
+    for conjunct in planner._conjuncts(where.this):
+        if not isinstance(conjunct, exp.EQ):
+            continue
+        for col, value in ((conjunct.this, conjunct.expression), (conjunct.expression, conjunct.this)):
+            if (isinstance(col, exp.Column) and col.name.lower() in columns and isinstance(value, exp.Placeholder)
+                    and (col.table.lower() if col.table else None) in qualifiers):
+                index = conditions.placeholder_positions(tree).get(id(value))
+                if index is not None:
+                    positions.append((col.name.lower(), index))
+    if sorted(c for c, _ in positions) != sorted(columns):
+        return None
+    kind = "select" if isinstance(tree, exp.Select) else "update" if isinstance(tree, exp.Update) else "delete"
+    return PointShape(kind, rule, ref.name, tuple(positions), bool(tree.find(exp.Lock)))
+
+
+def _forget_memos(trees: OrderedDict[tuple[str, ...], Any]) -> None:
+    for tree in trees.values():
+        MEMOS.pop(id(tree), None)
+
+
 class PlanCache:
     def __init__(self, capacity: int = 2048):
         self.capacity = capacity
-        self._trees: OrderedDict[str, Any] = OrderedDict()
+        self._trees: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        # key -> PointShape, or _UNCACHEABLE when the shape needs the full planner
+        self._points: dict[tuple[str, ...], Any] = {}
+        self._templates: dict[str, list[str]] = {}
         self.hits = 0
         self.misses = 0
+        # MEMOS is keyed by id(tree): when a cache goes away (tests make many), its memos must
+        # too, or a new tree that reuses a freed id would render with a dead tree's memo.
+        weakref.finalize(self, _forget_memos, self._trees)
 
     def plan(self, sql: str, rules: Any, logical_db: str) -> Plan | None:
         """The plan for ``sql`` through the cache, or None to take the full path."""
-        normalised = normalise(sql)
-        if normalised is None:
+        pieces = _split(sql)
+        if pieces is None:
             return None
-        shape, literals = normalised
-        key = f"{logical_db}\0{shape}"
+        literals = pieces[1::2]
+        key = (logical_db, *pieces[0::2])  # the shape, without building its text on a hit
         tree = self._trees.get(key)
         if tree is None:
             self.misses += 1
-            tree = self._parse(shape)
+            tree = self._parse(_shape(pieces))
             self._trees[key] = tree
             if tree is not _UNCACHEABLE:
                 MEMOS[id(tree)] = {}
             if len(self._trees) > self.capacity:
-                _, evicted = self._trees.popitem(last=False)
+                evicted_key, evicted = self._trees.popitem(last=False)
                 MEMOS.pop(id(evicted), None)
+                self._points.pop(evicted_key, None)
         else:
             self.hits += 1
             self._trees.move_to_end(key)
         if tree is _UNCACHEABLE:
             return None
         values = [_string_value(t) if t[0] == "'" else _number_value(t) for t in literals]
-        result = plan(tree, rules, logical_db, params=values)
-        result.units = [RouteUnit(u.data_source, put_back(u.sql, literals)) for u in result.units]
+        result = self._point_plan(key, tree, rules, logical_db, values)
+        if result is None:
+            result = plan(tree, rules, logical_db, params=values)
+        result.units = [RouteUnit(u.data_source, self._fill(u.sql, literals)) for u in result.units]
         return result
+
+    def _fill(self, sql: str, literals: list[str]) -> str:
+        """``sql`` with each placeholder marker replaced by the client's literal text; the
+        split of a rendered SQL is kept (a few distinct texts per shape, reused per hit)."""
+        pieces = self._templates.get(sql)
+        if pieces is None:
+            if len(self._templates) > 4 * self.capacity:
+                self._templates.clear()
+            pieces = self._templates[sql] = _MARKER.split(sql)  # text, index, text, index, ..., text
+        out = pieces.copy()
+        for i in range(1, len(out), 2):
+            out[i] = literals[int(out[i])]
+        return "".join(out)
+
+    def _point_plan(self, key: tuple[str, ...], tree: exp.Expression, rules: Any, logical_db: str,
+                    values: list[Any]) -> Plan | None:
+        """The plan of a point shape, or None for the full planner. Session or comment hints
+        (HINT strategies) make every shape take the full path."""
+        hints = planner.ROUTING_HINTS.get()
+        if hints.database or hints.table:
+            return None
+        point = self._points.get(key)
+        if point is None:
+            point = self._points[key] = point_shape(tree, rules, logical_db) or _UNCACHEABLE
+        if point is _UNCACHEABLE:
+            return None
+        return point.plan(tree, logical_db, values)
 
     @staticmethod
     def _parse(shape: str) -> Any:

@@ -42,6 +42,9 @@ def with_change(path: str, value) -> dict:
     ("listen.port", "x", "listen.port", "integer"),
     ("listen.port", 70000, "listen.port", "at most"),
     ("listen.bogus", 1, "listen.bogus", "unknown key"),
+    ("server", {"workers": -1}, "server.workers", "at least 0"),
+    ("server", {"workers": "many"}, "server.workers", "integer"),
+    ("server", {"threads": 2}, "server.threads", "unknown key"),
     ("data_sources.ds_0.user", KeyError, "data_sources.ds_0.user", "required"),
     ("data_sources.ds_0.pool", {"max_size": 0}, "data_sources.ds_0.pool.max_size", "at least 1"),
     ("data_sources.ds_0.read_write", {"load_balancer": "FASTEST"}, "data_sources.ds_0.read_write.load_balancer",
@@ -68,6 +71,12 @@ def test_mistakes_name_their_path(path, value, error_path, words):
         parse_config(with_change(path, value))
     assert info.value.path.startswith(error_path), info.value
     assert words in str(info.value)
+
+
+def test_server_workers():
+    assert parse_config(BASE).server.workers == 1
+    assert parse_config(with_change("server", {"workers": 4})).server.workers == 4
+    assert parse_config(with_change("server", {"workers": "auto"})).server.workers == 0  # one per CPU
 
 
 def test_cli_check_reports_the_path(tmp_path):

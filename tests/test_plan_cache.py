@@ -69,3 +69,52 @@ def test_normalise_keeps_identifiers_with_digits():
     assert shape == ("SELECT c1, t.x2 FROM t_order_1 t WHERE id = :dbmeshp0 AND s = :dbmeshp1 "
                      "AND f = :dbmeshp2")
     assert literals == ["42", "'a''b'", "1.5e3"]
+
+
+# Point shapes: equalities on every sharding column of one table. A hit routes them from the
+# literals alone (PointShape); the result must be the full planner's, whatever the values.
+POINT_SHAPES = [
+    "SELECT order_id, amount FROM t_order WHERE order_id = {a} AND user_id = {b}",
+    "SELECT o.amount FROM t_order o WHERE {b} = o.user_id AND o.order_id = {a} AND o.status <> 'x'",
+    "SELECT amount FROM shop.t_order WHERE user_id = {b} AND order_id = {a} FOR UPDATE",
+    "SELECT DISTINCT status FROM t_order WHERE user_id = {b} AND order_id = {a} AND amount > {a}",
+    "UPDATE t_order SET amount = amount + {a} WHERE order_id = {a} AND user_id = {b}",
+    "DELETE FROM t_order WHERE user_id = {b} AND order_id = {a}",
+    "SELECT amount FROM t_order WHERE user_id = '{b}' AND order_id = {a}",
+]
+# Shapes that look close but need the planner (a range, OR, a column named twice, one
+# sharding column missing, a join): they must still plan right.
+NOT_POINT_SHAPES = [
+    "SELECT amount FROM t_order WHERE user_id = {b} AND order_id > {a}",
+    "SELECT amount FROM t_order WHERE user_id = {b} AND (order_id = {a} OR order_id = {b})",
+    "SELECT amount FROM t_order WHERE user_id = {b} AND order_id = {a} AND order_id = {b}",
+    "SELECT amount FROM t_order WHERE user_id = {b}",
+    "SELECT o.amount FROM t_order o JOIN t_order_item i ON i.order_id = o.order_id AND i.user_id = o.user_id "
+    "WHERE o.user_id = {b} AND o.order_id = {a}",
+]
+
+
+@pytest.mark.parametrize("template", POINT_SHAPES + NOT_POINT_SHAPES)
+def test_point_shapes_route_like_the_planner(rules, template):
+    cache = PlanCache()
+    for a, b in [(1, 2), (7, 3), (10, 10), (123456789, 0), (5, 8), (4, 1)]:
+        sql = template.format(a=a, b=b)
+        cached = cache.plan(sql, rules, "shop")
+        full = planner.plan(planner.parse_statement(sql), rules, "shop", sql_text=sql)
+        assert cached is not None, sql
+        assert canonical(cached.units) == canonical(full.units), sql
+        assert (cached.kind, cached.write, cached.locking, cached.merge is None) == \
+            (full.kind, full.write, full.locking, full.merge is None)
+    fast = [v for v in cache._points.values() if v is not None and hasattr(v, "positions")]
+    assert bool(fast) == (template in POINT_SHAPES)
+
+
+def test_point_shapes_leave_hinted_statements_to_the_planner(rules):
+    cache = PlanCache()
+    sql = "SELECT amount FROM t_order WHERE user_id = 1 AND order_id = 2"
+    token = planner.ROUTING_HINTS.set(planner.Hints(database=(0,)))
+    try:
+        hinted = cache.plan(sql, rules, "shop")
+    finally:
+        planner.ROUTING_HINTS.reset(token)
+    assert hinted is not None and not cache._points  # not even analysed under hints

@@ -52,6 +52,7 @@ from sharding.keygen import (
     UUIDKeyGenerator,
     create_key_generator,
     snowflake_parts,
+    use_process_slot,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -686,6 +687,27 @@ def test_snowflake_clock_and_sequence_behaviour():
     clock.ms -= 1000
     with pytest.raises(KeyGenerationError, match="clock moved back"):
         generator.next_id()
+
+
+def test_snowflake_worker_processes_split_the_sequence():
+    """The worker processes of one sidecar share its worker_id; their ids never collide."""
+    clock = FakeClock(1_700_000_000_000)
+    generators = []
+    try:
+        for index in range(3):
+            use_process_slot(index, 3)
+            generators.append(SnowflakeKeyGenerator({"worker_id": 5}, clock=clock, sleep=clock.sleep))
+    finally:
+        use_process_slot(0, 1)
+    seen: set[int] = set()
+    for step in range(3000):  # several milliseconds' worth, each exhausting its share
+        if step % 700 == 0:
+            clock.ms += 1
+        for index, generator in enumerate(generators):
+            key = generator.next_id()
+            assert key not in seen and snowflake_parts(key)[2] % 3 == index
+            seen.add(key)
+    assert SnowflakeKeyGenerator({"worker_id": 5}, clock=clock)._stride == 1  # slot reset
 
 
 def test_snowflake_vibration_spreads_low_bits():

@@ -120,3 +120,87 @@ def test_prepared_errors_are_clean(ps_proxy):
     ps.execute("SELECT COUNT(*) FROM ps_order WHERE user_id = ?", (3,))
     assert ps.fetchall()[0][0] >= 1
     conn.close()
+
+
+def _rows_on_shards(sandbox, where: str) -> list[tuple]:
+    found = []
+    for ds in ("ds_0", "ds_1"):
+        for table in ("ps_order_0", "ps_order_1"):
+            with sandbox.admin_connect(ds, database=f"shop_{ds}") as direct, direct.cursor() as cur:
+                cur.execute(f"SELECT order_id, user_id FROM {table} WHERE {where}")
+                found.extend(cur.fetchall())
+    return sorted(found)
+
+
+def test_prepared_begin_commit_rollback(ps_proxy, sandbox):
+    """sysbench's ps mode prepares BEGIN and COMMIT: they drive the same transaction as text."""
+    conn = connect(ps_proxy)
+    ps = conn.cursor(prepared=True)
+    insert = "INSERT INTO ps_order (order_id, user_id, status) VALUES (?, ?, ?)"
+    other = connect(ps_proxy)
+    peek = other.cursor()
+
+    ps.execute("BEGIN")
+    for order_id, user_id in ((9001, 1), (9002, 2)):  # one row on each data source
+        ps.execute(insert, (order_id, user_id, "txn"))
+    ps.execute("SELECT status FROM ps_order WHERE order_id = ? AND user_id = ?", (9002, 2))
+    assert ps.fetchall() == [("txn",)]  # the transaction's own branch sees it
+    peek.execute("SELECT COUNT(*) FROM ps_order WHERE status = 'txn'")
+    assert peek.fetchall() == [(0,)]     # nobody else does yet
+    ps.execute("ROLLBACK")
+    assert _rows_on_shards(sandbox, "status = 'txn'") == []
+
+    ps.execute("START TRANSACTION")
+    for order_id, user_id in ((9011, 1), (9012, 2)):
+        ps.execute(insert, (order_id, user_id, "txn"))
+    ps.execute("UPDATE ps_order SET status = ? WHERE order_id = ? AND user_id = ?", ("txn2", 9011, 1))
+    ps.execute("COMMIT")
+    assert _rows_on_shards(sandbox, "status LIKE 'txn%'") == [(9011, 1), (9012, 2)]
+    peek.execute("SELECT order_id, status FROM ps_order WHERE status LIKE 'txn%' ORDER BY order_id")
+    assert peek.fetchall() == [(9011, "txn2"), (9012, "txn")]
+
+    ps.execute("BEGIN")
+    ps.execute("DELETE FROM ps_order WHERE order_id = ? AND user_id = ?", (9011, 1))
+    ps.execute("ROLLBACK")
+    assert _rows_on_shards(sandbox, "status LIKE 'txn%'") == [(9011, 1), (9012, 2)]
+    ps.execute("DELETE FROM ps_order WHERE status LIKE ?", ("txn%",))
+    other.close()
+    conn.close()
+
+
+def _stmt_prepares(sandbox) -> int:
+    total = 0
+    for ds in ("ds_0", "ds_1"):
+        with sandbox.admin_connect(ds) as direct, direct.cursor() as cur:
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Com_stmt_prepare'")
+            total += int(cur.fetchone()[1])
+    return total
+
+
+def test_prepared_point_statements_reuse_backend_statements(ps_proxy, sandbox):
+    """A point select/update executed many times is prepared once per backend connection and
+    actual table, not per execute; results stay right on every shard and table."""
+    conn = connect(ps_proxy)
+    ps = conn.cursor(prepared=True)
+    rows = [(9100 + i, i % 4, f"p{i}") for i in range(16)]
+    for row in rows:
+        ps.execute("INSERT INTO ps_order (order_id, user_id, status) VALUES (?, ?, ?)", row)
+    select = conn.cursor(prepared=True)
+    update = conn.cursor(prepared=True)
+    before = _stmt_prepares(sandbox)
+    for round_ in range(3):
+        for order_id, user_id, status in rows:
+            select.execute("SELECT status, user_id FROM ps_order WHERE order_id = ? AND user_id = ?",
+                           (order_id, user_id))
+            assert select.fetchall() == [(status, user_id)]
+            update.execute("UPDATE ps_order SET amount = ? WHERE user_id = ? AND order_id = ?",
+                           (Decimal(round_) + Decimal("0.5"), user_id, order_id))
+            assert update.rowcount == 1
+    prepares = _stmt_prepares(sandbox) - before
+    # 96 executes; at most one describe per client statement plus one prepare per actual SQL
+    # (4 tables x 2 statements) per backend connection used (here one session, so few).
+    assert prepares <= 20, prepares
+    select.execute("SELECT status FROM ps_order WHERE order_id = ? AND user_id = ?", (9100, None))
+    assert select.fetchall() == []   # = NULL matches nothing (takes the binding path)
+    ps.execute("DELETE FROM ps_order WHERE order_id >= ?", (9100,))
+    conn.close()

@@ -89,15 +89,15 @@ def _close_all(conns: list[aiomysql.Connection]) -> None:
 
 
 async def _idle(pid: int, endpoint: sysbench.Endpoint, count: int) -> IdleFigures:
-    figures = IdleFigures(wanted=count, rss_before=procstat.rss_bytes(pid))
+    figures = IdleFigures(wanted=count, rss_before=procstat.tree_rss_bytes(pid))
     started = time.monotonic()
     conns, errors = await _open_many(endpoint, count)
     figures.open_seconds = time.monotonic() - started
     figures.opened, figures.failed = len(conns), len(errors)
     figures.first_error = errors[0] if errors else ""
     await asyncio.sleep(SETTLE_S)
-    figures.rss_with_clients = procstat.rss_bytes(pid)
-    figures.proxy_fds_with_clients = procstat.open_fds(pid)
+    figures.rss_with_clients = procstat.tree_rss_bytes(pid)
+    figures.proxy_fds_with_clients = procstat.tree_open_fds(pid)
     _close_all(conns)
     return figures
 
@@ -118,13 +118,13 @@ async def _point_select_loop(conn: aiomysql.Connection, table_size: int, stop_at
 
 async def _sample_rss(pid: int, stop_at: float, figures: BusyFigures) -> None:
     while time.monotonic() < stop_at:
-        figures.samples.append(procstat.rss_bytes(pid))
+        figures.samples.append(procstat.tree_rss_bytes(pid))
         await asyncio.sleep(SAMPLE_EVERY_S)
 
 
 async def _busy(pid: int, endpoint: sysbench.Endpoint, count: int, seconds: float,
                 table_size: int) -> BusyFigures:
-    figures = BusyFigures(clients=count, seconds=seconds, rss_before=procstat.rss_bytes(pid))
+    figures = BusyFigures(clients=count, seconds=seconds, rss_before=procstat.tree_rss_bytes(pid))
     conns, errors = await _open_many(endpoint, count)
     figures.opened = len(conns)
     figures.errors += len(errors)
@@ -132,7 +132,7 @@ async def _busy(pid: int, endpoint: sysbench.Endpoint, count: int, seconds: floa
     stop_at = time.monotonic() + seconds
     await asyncio.gather(_sample_rss(pid, stop_at, figures),
                          *(_point_select_loop(conn, table_size, stop_at, figures) for conn in conns))
-    figures.rss_end = procstat.rss_bytes(pid)
+    figures.rss_end = procstat.tree_rss_bytes(pid)
     figures.rss_peak = max([*figures.samples, figures.rss_end])
     _close_all(conns)
     return figures

@@ -28,3 +28,31 @@ def rss_bytes(pid: int) -> int:
 def open_fds(pid: int) -> int:
     """How many file descriptors the process holds (sockets included)."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of the process (dbmesh's worker processes under --workers)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds of the process and its living children: a dbmesh supervisor and workers."""
+    return cpu_seconds(pid) + sum(_or_zero(cpu_seconds, child) for child in children(pid))
+
+
+def tree_rss_bytes(pid: int) -> int:
+    return rss_bytes(pid) + sum(_or_zero(rss_bytes, child) for child in children(pid))
+
+
+def tree_open_fds(pid: int) -> int:
+    return open_fds(pid) + sum(_or_zero(open_fds, child) for child in children(pid))
+
+
+def _or_zero(figure, pid: int):
+    try:
+        return figure(pid)
+    except (OSError, RuntimeError):
+        return 0  # the child exited meanwhile

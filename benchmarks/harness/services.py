@@ -116,10 +116,13 @@ def _spawn(name: str, cmd: list[str], port: int, workdir: Path, env: dict[str, s
         raise
 
 
-def start_dbmesh(name: str, config: dict, workdir: Path) -> Service:
-    """Write ``config`` with a free listen port and serve it with ``python -m dbmesh run``."""
+def start_dbmesh(name: str, config: dict, workdir: Path, workers: int = 1) -> Service:
+    """Write ``config`` with a free listen port and serve it with ``python -m dbmesh run``
+    (``workers`` worker processes when more than 1)."""
     port = free_port()
     config = {**config, "listen": {"host": HOST, "port": port}}
+    if workers != 1:
+        config["server"] = {"workers": workers}
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -45,6 +45,7 @@ from ..protocol.scanner import ResponseKind, ResponseScanner
 log = logging.getLogger("dbmesh.backend")
 
 _READ_CHUNK = 256 * 1024
+_HEADER = struct.Struct("<I")  # payload length (3 bytes) and sequence id (1 byte)
 
 # Always asked of a backend, whatever the client negotiated.
 BASE_CAPABILITIES = (
@@ -204,6 +205,9 @@ class BackendConnection:
     # -- commands --------------------------------------------------------------------------
 
     def send(self, payload: bytes | memoryview, seq: int = 0) -> None:
+        if len(payload) < MAX_PACKET:  # one packet: skip frame()'s tuple and loop
+            self.writer.write(_HEADER.pack(len(payload) | (seq & 0xFF) << 24) + payload)
+            return
         data, _ = frame(payload, seq)
         self.writer.write(data)
 
@@ -217,6 +221,9 @@ class BackendConnection:
         try:
             self.send(payload)
             read = self.reader.read
+            # The sink may be a mirror.Tee standing in for the client's writer: write through
+            # it, look at the transport only for its state.
+            out = sink.transport if sink is not None else None
             while not scanner.done:
                 data = await read(_READ_CHUNK)
                 if not data:
@@ -224,9 +231,9 @@ class BackendConnection:
                 used = scanner.feed(data)
                 # A client gone mid-response: read the rest and drop it, so this connection
                 # stays usable (uvloop raises on writes to a closed transport).
-                if sink is not None and not sink.transport.is_closing():
+                if out is not None and not out.is_closing():
                     sink.write(data if used == len(data) else data[:used])
-                    if sink.transport.get_write_buffer_size() > 1 << 20:
+                    if out.get_write_buffer_size() > 1 << 20:
                         try:
                             await sink.drain()
                         except (ConnectionError, OSError):

@@ -61,6 +61,21 @@ class Pool:
     def lent(self) -> int:
         return self._size - self.idle_count
 
+    def acquire_idle(self, caps_key: int, prefer: BackendConnection | None = None) -> BackendConnection | None:
+        """An idle connection that needs no liveness check, without the coroutine of
+        acquire() (the per-statement path); None means: call acquire()."""
+        idle = self._idle.get(caps_key & RESULT_SHAPING_CAPABILITIES)
+        if not idle:
+            return None
+        conn = prefer if prefer is not None and prefer in idle else idle[-1]
+        if conn.closed_while_idle() or time.monotonic() - conn.last_used > self.config.check_after_idle_s:
+            return None  # acquire() discards or pings it
+        if conn is idle[-1]:
+            idle.pop()
+        else:
+            idle.remove(conn)
+        return conn
+
     async def acquire(self, caps_key: int, prefer: BackendConnection | None = None) -> BackendConnection:
         deadline = time.monotonic() + self.config.acquire_timeout_s
         while True:

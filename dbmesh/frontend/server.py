@@ -34,15 +34,20 @@ def pools_for(config: Config) -> dict[str, Pool]:
 
 
 class Server:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, worker_index: int = 0, worker_count: int = 1, port: int | None = None):
         self.config = config
+        # One of several worker processes (dbmesh/workers.py): the supervisor ran XA recovery
+        # and serves the metrics; this process shares the listen port and numbers its
+        # connections worker_index + 1, + worker_count, ... so ids stay unique across workers.
+        self.worker_index, self.worker_count = worker_index, worker_count
+        self.listen_port = config.listen.port if port is None else port
         self.pools = pools_for(config)
         self.plan_cache = PlanCache()  # sharded statement shapes, shared by all sessions
         self.xa_log_ready: set[str] = set()  # data sources whose XA coordinator log table exists
         self.base = base_mode.BaseState(self)  # BASE transactions: tables prepared, metadata, running xids
         self.replica_sets = {name: ReplicaSet(ds) for name, ds in config.data_sources.items() if ds.replicas}
         self.sessions: set[Session] = set()
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(worker_index + 1, worker_count)
         self.ssl_context: ssl.SSLContext | None = None
         self.capabilities = int(SERVER_CAPABILITIES)
         if config.listen.tls is not None:
@@ -61,16 +66,18 @@ class Server:
 
     async def start(self) -> None:
         await self._learn_server_version()
-        await self._recover_transactions()
+        workers = self.worker_count > 1
+        if not workers:
+            await self._recover_transactions()
         listen = self.config.listen
-        self._server = await asyncio.start_server(self._accept, listen.host, listen.port,
-                                                  reuse_address=True, backlog=1024)
+        self._server = await asyncio.start_server(self._accept, listen.host, self.listen_port,
+                                                  reuse_address=True, backlog=1024, reuse_port=workers or None)
         self._sweeper = asyncio.create_task(self._sweep_idle())
         if base_mode.base_log_sources(self):
             self._base_sweeper = asyncio.create_task(base_mode.sweep_forever(self))
         for replica_set in self.replica_sets.values():
             replica_set.start()
-        if self.config.metrics.port:
+        if self.config.metrics.port and not workers:
             metrics.serve(self.config.metrics.host, self.config.metrics.port)
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.config.metrics.port)
         log.info("listening on %s:%d as %s", listen.host, self.port, self.server_version)
@@ -87,6 +94,14 @@ class Server:
                         ds.name, exc, self.server_version)
         finally:
             conn.close()
+
+    async def recover_once(self) -> None:
+        """XA recovery alone, for the supervisor of worker processes (before they start)."""
+        try:
+            await self._recover_transactions()
+        finally:
+            for pool in self.pools.values():
+                pool.close()
 
     async def _recover_transactions(self) -> None:
         await self._recover_xa()

@@ -63,6 +63,21 @@ class ClientStatement:
         self.sharded = None  # sharded_prepared.ShardedStatementInfo on a sharded database
 
 
+class _DatabaseRoute:
+    """Where statements on one logical database go when no rule routes them."""
+
+    __slots__ = ("database", "sharded", "pool", "physical_database", "has_replicas")
+
+    def __init__(self, config, server: Server, database: str | None):
+        ldb = config.databases.get(database) if database else None
+        ds = config.data_source_for(database)
+        self.database = database
+        self.sharded = ldb is not None and ldb.sharding is not None
+        self.pool = server.pools[ds.name]
+        self.physical_database = ds.database if database is not None else None
+        self.has_replicas = not self.sharded and ds.name in server.replica_sets
+
+
 class Session:
     def __init__(self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  connection_id: int):
@@ -99,6 +114,7 @@ class Session:
         self.last_gtid: dict[str, str] = {}         # data source -> GTID of that write
         self.sharding_hints: dict[str, object] = {}  # "db"/"table" -> value (SET dbmesh_db_hint = ...)
         self.shadow = ShadowSession(self)  # shadow traffic and read mirroring (frontend/shadow.py)
+        self._route_memo: _DatabaseRoute | None = None
 
     # -- output ----------------------------------------------------------------------------
 
@@ -172,7 +188,10 @@ class Session:
         self.server.session_closed(self)
 
     def _has_cursor(self) -> bool:
-        return any(s.cursor_conn is not None for s in self.statements.values())
+        for stmt in self.statements.values():  # a loop: any() with a generator costs more here
+            if stmt.cursor_conn is not None:
+                return True
+        return False
 
     # -- connection phase --------------------------------------------------------------------
 
@@ -243,8 +262,10 @@ class Session:
             Command.STMT_FETCH: self.com_stmt_fetch,
         }
         writer = self.writer
+        read = self.packets.read
         while True:
-            payload = await self._next_command()
+            # Holding no backend connection (the usual case): nothing to time out, read directly.
+            payload = await (read() if self.held is None else self._next_command())
             if not payload:
                 raise MalformedPacket("empty command packet")
             command = payload[0]
@@ -279,23 +300,31 @@ class Session:
 
     # -- backend connections ---------------------------------------------------------------------
 
+    def _route(self) -> _DatabaseRoute:
+        """What the current database means for routing, worked out once per database (the
+        config does not change while the sidecar runs; this runs for every statement)."""
+        route = self._route_memo
+        if route is None or route.database != self.database:
+            route = self._route_memo = _DatabaseRoute(self.config, self.server, self.database)
+        return route
+
     def _pool(self) -> Pool:
-        ds = self.config.data_source_for(self.database)
-        return self.server.pools[ds.name]
+        return self._route().pool
 
     def _physical_database(self) -> str | None:
-        if self.database is None:
-            return None
-        return self.config.data_source_for(self.database).database
+        return self._route().physical_database
 
     async def borrow(self) -> BackendConnection:
         conn = self.held
         if conn is None:
-            pool = self._pool()
-            conn = await pool.acquire(self.caps_key, prefer=self.last_conn)
+            route = self._route()
+            pool = route.pool
+            conn = (pool.acquire_idle(self.caps_key, self.last_conn)
+                    or await pool.acquire(self.caps_key, prefer=self.last_conn))
             self.held, self.held_pool = conn, pool
         try:
-            await self._sync_state(conn)
+            if not self._in_sync(conn):
+                await self._sync_state(conn)
         except (ConnectionError, OSError, TimeoutError) as exc:
             conn.broken = True
             self._return_held(force=True)
@@ -304,6 +333,11 @@ class Session:
             self._return_held(force=False)
             raise
         return conn
+
+    def _in_sync(self, conn: BackendConnection) -> bool:
+        """The usual case on borrow: nothing to replay (saves the coroutines of sync_state)."""
+        return (conn.session_vars == self.vars_signature and conn.autocommit == self.autocommit
+                and (self.database is None or conn.database == self._route().physical_database))
 
     async def _sync_state(self, conn: BackendConnection) -> None:
         await self.sync_state(conn, self._physical_database())
@@ -337,9 +371,20 @@ class Session:
             self.keep_for_statements = max(self.keep_for_statements, 1)
         self._return_held(force=False)
 
+    def _borrow_now(self) -> BackendConnection | None:
+        """borrow() when it needs no I/O (an idle connection in sync), without its coroutine."""
+        conn = self.held
+        if conn is None:
+            pool = self._route().pool
+            conn = pool.acquire_idle(self.caps_key, self.last_conn)
+            if conn is None:
+                return None
+            self.held, self.held_pool = conn, pool
+        return conn if self._in_sync(conn) else None
+
     async def relay(self, payload: bytes, kind: ResponseKind) -> ResponseScanner | None:
         """Borrow a backend, relay one command's response to the client, give it back."""
-        conn = await self.borrow()
+        conn = self._borrow_now() or await self.borrow()
         try:
             scanner = await conn.relay(payload, kind, self.writer)
         except (ConnectionError, OSError, MalformedPacket) as exc:
@@ -456,7 +501,8 @@ class Session:
             self._return_held(force=True)  # a replica kept for SHOW WARNINGS serves nothing else
         if statement.pin_reason:
             self.pin_reasons.add(statement.pin_reason)
-        if statement.read_only and await self.read_splitting.try_replica(payload, statement):
+        if statement.read_only and self._route().has_replicas \
+                and await self.read_splitting.try_replica(payload, statement):
             return None
         scanner = await self.relay(payload, ResponseKind.RESULT)
         if scanner is not None and scanner.error is None and statement.writes:
@@ -483,8 +529,7 @@ class Session:
         self.send_ok()
 
     def _is_sharded(self) -> bool:
-        ldb = self.config.databases.get(self.database) if self.database else None
-        return ldb is not None and ldb.sharding is not None
+        return self._route().sharded
 
     def _preview(self, sql: bytes) -> None:
         """PREVIEW <statement>: the route units (data source, actual SQL) without running it."""

@@ -50,6 +50,10 @@ _TXN_ROLLBACK = re.compile(r"^\s*ROLLBACK(\s+WORK)?\s*;?\s*$", re.I)
 _SHOW_TABLES = re.compile(r"^\s*SHOW\s+(FULL\s+)?TABLES\s*(?:(?:FROM|IN)\s+`?(\w+)`?)?\s*(LIKE\s+'([^']*)')?\s*;?\s*$",
                           re.I)
 _SHOW_RULES = re.compile(r"^\s*SHOW\s+SHARDING\s+TABLE\s+RULES?\s*;?\s*$", re.I)
+# The first words the regexes of query() can match: other statements (SELECT, INSERT, ...,
+# almost all of them) skip those regexes after one cheap match.
+_FIRST_WORD = re.compile(r"\s*([A-Za-z]+)")
+_CONTROL_WORDS = frozenset(("BEGIN", "START", "COMMIT", "ROLLBACK", "SHOW", "DESCRIBE", "DESC", "EXPLAIN"))
 # DESCRIBE t / SHOW CREATE TABLE t / SHOW [FULL] COLUMNS|INDEX FROM t, the table optionally
 # qualified with the logical database: ``prefix`` is kept, ``table`` names the logical table.
 _TABLE_REF = r"(?:`?(?P<db>\w+)`?\.)?`?(?P<table>\w+)`?\s*;?\s*$"
@@ -117,7 +121,7 @@ class ShardedExecutor:
             return held[0]
         session = self.session
         pool = (self._replica_pool(data_source) if self.reading else None) or session.server.pools[data_source]
-        conn = await pool.acquire(session.caps_key)
+        conn = pool.acquire_idle(session.caps_key) or await pool.acquire(session.caps_key)
         self.conns[data_source] = (conn, pool)
         try:
             await session.sync_state(conn, session.config.data_sources[data_source].database)
@@ -167,13 +171,15 @@ class ShardedExecutor:
 
     async def query(self, sql: str) -> None:
         session = self.session
-        if _TXN_START.match(sql):
+        first = _FIRST_WORD.match(sql)
+        control = first is not None and first.group(1).upper() in _CONTROL_WORDS
+        if control and _TXN_START.match(sql):
             await self._commit_or_rollback("COMMIT")  # like MySQL: BEGIN commits an open transaction
             self.in_transaction = True
             self.txn.begin(sql.strip().rstrip(";"))
             session.send_ok()
             return
-        if _TXN_COMMIT.match(sql) or _TXN_ROLLBACK.match(sql):
+        if control and (_TXN_COMMIT.match(sql) or _TXN_ROLLBACK.match(sql)):
             await self._commit_or_rollback("COMMIT" if _TXN_COMMIT.match(sql) else "ROLLBACK")
             session.send_ok()
             return
@@ -181,14 +187,14 @@ class ShardedExecutor:
             # autocommit=0: every statement runs in a transaction that COMMIT/ROLLBACK ends.
             self.in_transaction = True
             self.txn.begin()
-        if _SHOW_RULES.match(sql):
+        if control and _SHOW_RULES.match(sql):
             self._show_rules()
             return
-        m = _SHOW_TABLES.match(sql)
+        m = _SHOW_TABLES.match(sql) if control else None
         if m:
             await self._show_tables(full=bool(m.group(1)), like=m.group(4))
             return
-        m = _ON_TABLE.match(sql)
+        m = _ON_TABLE.match(sql) if control else None
         if m and (m.group("db") is None or m.group("db").lower() == session.database.lower()):
             await self._on_first_node(m.group("prefix"), m.group("table"))
             return
@@ -219,6 +225,8 @@ class ShardedExecutor:
             planner.ROUTING_HINTS.reset(token)
 
     def hints(self, sql: str) -> planner.Hints:
+        if not self.session.sharding_hints and "dbmesh:" not in sql:
+            return planner.NO_HINTS  # the usual case, per statement
         found = dict(self.session.sharding_hints)
         if "dbmesh:" in sql:
             for comment in _HINT_COMMENT.findall(sql):

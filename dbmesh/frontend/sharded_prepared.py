@@ -1,26 +1,39 @@
 """Server-side prepared statements on a sharded database.
 
 PREPARE describes the statement by preparing it on the first actual table's data source.
-EXECUTE decodes the bound parameters, binds them into the statement as literals, routes
-it like a text statement, and answers in the binary protocol: a single-unit read is
-prepared and executed on that backend and its binary rows relayed raw; merged rows from
-several units are encoded here.
+EXECUTE decodes the bound parameters and routes the statement:
+
+- a point shape (one sharded table, ``= ?`` on each sharding column, see
+  sharding.plan_cache.PointShape) is routed from those parameter values alone; its actual
+  SQL (still with ``?``) is rendered once per node and kept with the statement, prepared
+  once per backend connection (the connection's ``prepared`` registry, as pass-through
+  uses it: dropped when the connection resets or closes), and each execute sends only the
+  client's COM_STMT_EXECUTE with the backend's statement id; the binary result is relayed raw;
+- anything else binds the parameters into the statement as literals and routes it like a
+  text statement: a single-unit read is prepared and executed on that backend and its
+  binary rows relayed raw; merged rows from several units are encoded here;
+- BEGIN / START TRANSACTION / COMMIT / ROLLBACK run the text path's transaction logic
+  (ShardedExecutor.query), answering OK.
 """
 
 from __future__ import annotations
 
+import re
 import struct
+import time
 from typing import TYPE_CHECKING
 
 from sharding import planner
 from sharding.errors import ShardingError
+from sharding.plan_cache import PointShape, point_shape
 
+from ..backend.connection import BackendConnection, BackendStatement
 from ..protocol.binary import decode_params, encode_binary_row
 from ..protocol.coldefs import logical_sink, renamer_for
 from ..protocol.constants import Command
 from ..protocol.packets import parse_column_definition
 from ..protocol.scanner import ResponseKind
-from .sharded import BinaryResult, parse, sharding_error
+from .sharded import _TXN_COMMIT, _TXN_ROLLBACK, _TXN_START, BinaryResult, parse, sharding_error
 
 if TYPE_CHECKING:
     from sqlglot import exp
@@ -28,20 +41,37 @@ if TYPE_CHECKING:
     from .session import ClientStatement, Session
 
 
+# Backend prepared statements kept per backend connection (as pass-through keeps them).
+_PREPARED_PER_BACKEND = 512
+_MARKER = re.compile(r":" + planner.conditions.PLACEHOLDER_PREFIX + r"(\d+)")
+
+
 class ShardedStatementInfo:
-    """What EXECUTE needs beyond ClientStatement: the parsed tree and the column definitions."""
+    """What EXECUTE needs beyond ClientStatement: the parsed tree, the column definitions,
+    and for a point shape its routing and the actual SQL per node."""
 
-    __slots__ = ("tree", "field_packets")
+    __slots__ = ("tree", "field_packets", "point", "actual_sql", "control")
 
-    def __init__(self, tree: exp.Expression, field_packets: list[bytes]):
+    def __init__(self, tree: exp.Expression | None, field_packets: list[bytes], point: PointShape | None = None,
+                 control: str | None = None):
         self.tree = tree
         self.field_packets = field_packets
+        self.point = point
+        self.actual_sql: dict[tuple[str, str], bytes | None] = {}  # node -> SQL with ?, None: not relayable
+        self.control = control  # the text of a BEGIN / COMMIT / ROLLBACK
+
+
+def _transaction_control(sql: str) -> bool:
+    return bool(_TXN_START.match(sql) or _TXN_COMMIT.match(sql) or _TXN_ROLLBACK.match(sql))
 
 
 async def prepare(session: Session, payload: bytes) -> None:
     from .session import ClientStatement
 
     sql = payload[1:].decode("utf-8", "surrogateescape")
+    if _transaction_control(sql):
+        _prepare_control(session, payload, sql)
+        return
     tree = parse(sql)
     executor = session.sharded
     data_source, describe_sql = planner.first_node_sql(tree, executor.rules, session.database)
@@ -65,16 +95,38 @@ async def prepare(session: Session, payload: bytes) -> None:
         payloads[first_column:first_column + scanner.num_columns] = \
             renamer.columns(payloads[first_column:first_column + scanner.num_columns])
     columns = payloads[first_column:first_column + scanner.num_columns]
-    stmt.sharded = ShardedStatementInfo(tree, columns)
+    stmt.sharded = ShardedStatementInfo(tree, columns, point_shape(tree, executor.rules, session.database))
     session.statements[stmt.id] = stmt
     payloads[0] = payloads[0][:1] + struct.pack("<I", stmt.id) + payloads[0][5:]
     session.send(*payloads)
 
 
+def _prepare_control(session: Session, payload: bytes, sql: str) -> None:
+    """BEGIN / COMMIT / ROLLBACK: nothing to ask a backend; a statement of no parameters and
+    no columns whose execute runs the text path's transaction logic."""
+    from .session import ClientStatement
+
+    stmt = ClientStatement(session.next_stmt_id, payload[1:], 0, 0)
+    session.next_stmt_id += 1
+    stmt.sharded = ShardedStatementInfo(None, [], control=sql)
+    session.statements[stmt.id] = stmt
+    # PREPARE OK: id, 0 columns, 0 parameters, a filler byte, 0 warnings.
+    session.send(b"\x00" + struct.pack("<IHHBH", stmt.id, 0, 0, 0, 0))
+
+
 async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> None:
+    info = stmt.sharded
+    if info.control is not None:
+        await session.sharded.query(info.control)
+        return
+    long_data = bool(stmt.long_data)
     values, stmt.param_types = decode_params(payload, stmt.num_params, stmt.param_types, stmt.long_data)
     long_data, stmt.long_data = stmt.long_data, {}
     executor = session.sharded
+    if info.point is not None and not long_data and not (session.shadow.flag or session.database in
+                                                         session.shadow.databases):
+        if await _execute_point(session, stmt, payload, values):
+            return
     try:
         bound = planner.bind_parameters(stmt.sharded.tree, values)
     except ShardingError as exc:
@@ -118,3 +170,65 @@ async def _execute_on_backend(session: Session, unit: planner.RouteUnit) -> None
         conn.close_statement(backend_id)
     finally:
         executor.release()
+
+
+async def _execute_point(session: Session, stmt: ClientStatement, payload: bytes, values: list) -> bool:
+    """Execute a point shape as a prepared statement on the one backend it routes to, with
+    the client's own parameter bytes. False: not possible here (the caller binds instead)."""
+    info = stmt.sharded
+    point = info.point
+    if any(values[i] is None for _, i in point.positions):
+        return False  # `= NULL` matches nothing; the planner's path handles it
+    node = point.node(values)
+    if node is None:
+        return False
+    key = (node.data_source, node.table)
+    if key not in info.actual_sql:
+        info.actual_sql[key] = _actual_sql(session, info, node, stmt.num_params)
+    sql = info.actual_sql[key]
+    if sql is None:
+        return False
+    executor = session.sharded
+    conn = await executor.connection(node.data_source)
+    try:
+        backend = await _backend_statement(session, conn, sql)
+        if backend is None:
+            return True  # the backend refused to prepare it: its error went to the client
+        if backend.num_params != stmt.num_params:
+            return False
+        packet = session._execute_packet(payload, stmt, backend.stmt_id)
+        packet = packet[:5] + b"\x00" + packet[6:]  # no cursor: COM_STMT_FETCH is not routed here
+        await conn.relay(packet, ResponseKind.RESULT, session.writer)
+        if point.kind != "select":
+            session.last_write_at[node.data_source] = time.monotonic()
+    finally:
+        executor.release()
+    return True
+
+
+def _actual_sql(session: Session, info: ShardedStatementInfo, node, num_params: int) -> bytes | None:
+    """The statement for ``node`` with anonymous ``?``, or None when its placeholders do not
+    come out in the client's parameter order (sqlglot may reorder, e.g. LIMIT ?, ?)."""
+    rendered = planner._render(info.tree, {info.point.table: node.table}, session.database)
+    order = [int(m.group(1)) for m in _MARKER.finditer(rendered)]
+    if order != list(range(num_params)):
+        return None
+    return _MARKER.sub("?", rendered).encode("utf-8", "surrogateescape")
+
+
+async def _backend_statement(session: Session, conn: BackendConnection, sql: bytes) -> BackendStatement | None:
+    """The backend's prepared statement for ``sql`` on this connection, prepared on first use."""
+    key = (conn.database, sql)
+    found = conn.prepared.get(key)
+    if found is not None:
+        conn.prepared.move_to_end(key)
+        return found
+    payloads, scanner = await conn.collect(bytes((Command.STMT_PREPARE,)) + sql, ResponseKind.PREPARE)
+    if scanner.error is not None:
+        session.send(payloads[0])
+        return None
+    conn.prepared[key] = found = BackendStatement(scanner.stmt_id, scanner.num_params, scanner.num_columns)
+    while len(conn.prepared) > _PREPARED_PER_BACKEND:
+        _, evicted = conn.prepared.popitem(last=False)
+        conn.close_statement(evicted.stmt_id)
+    return found

@@ -56,9 +56,18 @@ _PINNING_PATTERNS = (
     (re.compile(rb"\bLOCK\s+TABLES?\b", re.I), "LOCK TABLES"),
     (re.compile(rb"\b(?:GET_LOCK|RELEASE_LOCK|IS_USED_LOCK)\s*\(", re.I), "named lock"),
     (re.compile(rb"\bSQL_CALC_FOUND_ROWS\b", re.I), "SQL_CALC_FOUND_ROWS"),
-    (re.compile(rb"^\s*(?:PREPARE|EXECUTE|DEALLOCATE)\s", re.I), "SQL-level prepared statement"),
-    (re.compile(rb"^\s*HANDLER\s", re.I), "HANDLER"),
 )
+# Patterns anchored at the start of the text: only worth trying for these first keywords.
+_PINNING_BY_KEYWORD = {
+    b"PREPARE": (re.compile(rb"^\s*PREPARE\s", re.I), "SQL-level prepared statement"),
+    b"EXECUTE": (re.compile(rb"^\s*EXECUTE\s", re.I), "SQL-level prepared statement"),
+    b"DEALLOCATE": (re.compile(rb"^\s*DEALLOCATE\s", re.I), "SQL-level prepared statement"),
+    b"HANDLER": (re.compile(rb"^\s*HANDLER\s", re.I), "HANDLER"),
+}
+# Every _PINNING_PATTERNS match contains TEMPORARY, LOCK or SQL_CALC_FOUND_ROWS, and every
+# _LOCKING_READ match UPDATE, SHARE or FILE: substring tests on the upper-cased text rule
+# the regexes out for almost every statement (this runs per COM_QUERY; written as `or`
+# chains because a generator in any() costs more than the tests themselves).
 _LOCKING_READ = re.compile(rb"\bFOR\s+UPDATE\b|\bLOCK\s+IN\s+SHARE\s+MODE\b|\bINTO\s+(?:OUT|DUMP)FILE\b", re.I)
 _ROUTE_HINT = re.compile(rb"/\*\+?\s*dbmesh:(primary|replica)(?:=([\w.-]+))?\s*\*/", re.I)
 _WRITE_KEYWORDS = {b"INSERT", b"UPDATE", b"DELETE", b"REPLACE", b"CREATE", b"ALTER", b"DROP", b"TRUNCATE",
@@ -78,6 +87,10 @@ TRACKED_BY_STATUS = {"autocommit"}
 
 def leading_keyword(sql: bytes, start: int = 0) -> tuple[bytes, int]:
     """The first word after whitespace and comments (upper-cased), and where it starts."""
+    first = sql[start:start + 1]
+    if first.isalpha():  # the usual case: no leading space or comment to skip
+        word = _WORD.match(sql, start)
+        return word.group(0).upper(), start
     pos = _LEADING.match(sql, start).end()
     word = _WORD.match(sql, pos)
     return (word.group(0).upper(), pos) if word else (b"", pos)
@@ -101,14 +114,17 @@ def _classify(sql: bytes) -> Statement:
         return Statement(Kind.PASS, pin_reason="versioned comment")
     if has_several_statements(sql, pos):
         return _classify_multi(sql)
-    body = sql[pos:]
+    body = sql[pos:] if pos else sql
     if keyword == b"SELECT":
         if _SELECT_DATABASE.match(body):
             return Statement(Kind.SELECT_DATABASE)
-        pinning = _pinning(sql)
+        upper = sql.upper()
+        pinning = _pinning(sql, keyword, upper)
         if pinning:
             return pinning
-        return PASS if _LOCKING_READ.search(body) else READ
+        if (b"UPDATE" in upper or b"SHARE" in upper or b"FILE" in upper) and _LOCKING_READ.search(body):
+            return PASS
+        return READ
     if keyword == b"USE":
         m = _USE.match(body)
         if m:
@@ -125,15 +141,21 @@ def _classify(sql: bytes) -> Statement:
         return DIAGNOSTICS
     if keyword == b"SET":
         return _classify_set(body)
-    return _pinning(sql) or (WRITE if keyword in _WRITE_KEYWORDS else PASS)
+    return _pinning(sql, keyword, sql.upper()) or (WRITE if keyword in _WRITE_KEYWORDS else PASS)
 
 
-def _pinning(sql: bytes) -> Statement | None:
+def _pinning(sql: bytes, keyword: bytes, upper: bytes) -> Statement | None:
+    """Why ``sql`` ties the session to its backend connection, if it does (``upper`` is
+    ``sql.upper()``, ``keyword`` its first keyword)."""
     if b"@" in sql and _USER_VARIABLE.search(sql):
         return Statement(Kind.PASS, pin_reason="user variable")
-    for pattern, reason in _PINNING_PATTERNS:
-        if pattern.search(sql):
-            return Statement(Kind.PASS, pin_reason=reason)
+    if b"LOCK" in upper or b"TEMPORARY" in upper or b"SQL_CALC_FOUND_ROWS" in upper:
+        for pattern, reason in _PINNING_PATTERNS:
+            if pattern.search(sql):
+                return Statement(Kind.PASS, pin_reason=reason)
+    anchored = _PINNING_BY_KEYWORD.get(keyword)
+    if anchored is not None and anchored[0].search(sql):
+        return Statement(Kind.PASS, pin_reason=anchored[1])
     return None
 
 

@@ -1,9 +1,12 @@
-"""MySQL client/server protocol constants used by the sidecar (both directions)."""
+"""MySQL client/server protocol constants used by the sidecar (both directions).
 
-from enum import IntEnum, IntFlag
+Plain int class attributes, not enum.IntFlag/IntEnum: flag arithmetic and comparisons run
+per packet on the hot path, and enum arithmetic builds a new enum member each time (it
+showed up in profiles). The classes are only namespaces.
+"""
 
 
-class Capability(IntFlag):
+class Capability:
     LONG_PASSWORD = 1
     FOUND_ROWS = 1 << 1
     LONG_FLAG = 1 << 2
@@ -52,7 +55,7 @@ RESULT_SHAPING_CAPABILITIES = (
 )
 
 
-class ServerStatus(IntFlag):
+class ServerStatus:
     IN_TRANS = 0x0001
     AUTOCOMMIT = 0x0002
     MORE_RESULTS_EXISTS = 0x0008
@@ -69,7 +72,7 @@ class ServerStatus(IntFlag):
     SESSION_STATE_CHANGED = 0x4000
 
 
-class Command(IntEnum):
+class Command:
     SLEEP = 0x00
     QUIT = 0x01
     INIT_DB = 0x02
@@ -104,7 +107,7 @@ class Command(IntEnum):
     RESET_CONNECTION = 0x1F
 
 
-class FieldType(IntEnum):
+class FieldType:
     DECIMAL = 0x00
     TINY = 0x01
     SHORT = 0x02
@@ -135,7 +138,7 @@ class FieldType(IntEnum):
     GEOMETRY = 0xFF
 
 
-class FieldFlag(IntFlag):
+class FieldFlag:
     NOT_NULL = 1
     PRI_KEY = 2
     UNIQUE_KEY = 4

@@ -9,8 +9,6 @@ affected rows / last insert id, an error, and for COM_STMT_PREPARE the statement
 
 from __future__ import annotations
 
-from enum import IntEnum
-
 from .constants import EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, MAX_PACKET, OK_HEADER, ServerStatus
 from .packets import ErrInfo, MalformedPacket, parse_eof, parse_err, parse_ok, read_lenenc_int
 
@@ -19,7 +17,8 @@ from .packets import ErrInfo, MalformedPacket, parse_eof, parse_err, parse_ok, r
 _INSPECT = 32
 
 
-class ResponseKind(IntEnum):
+# Plain ints rather than IntEnum: the scanner compares them for every packet it sees.
+class ResponseKind:
     RESULT = 1       # COM_QUERY, COM_STMT_EXECUTE: OK/ERR or result set(s)
     ROWS = 2         # COM_STMT_FETCH: rows then EOF/OK, or ERR
     PREPARE = 3      # COM_STMT_PREPARE
@@ -27,7 +26,7 @@ class ResponseKind(IntEnum):
     SINGLE = 5       # one packet of any form (COM_PING, COM_STATISTICS, COM_INIT_DB, ...)
 
 
-class _State(IntEnum):
+class _State:
     FIRST = 1
     COLUMNS = 2
     COLUMNS_EOF = 3
@@ -37,6 +36,10 @@ class _State(IntEnum):
     PREPARE_COLUMNS = 7
     PREPARE_COLUMNS_EOF = 8
     DONE = 9
+
+
+# States where a packet is a column or parameter definition, only counted.
+_DEFINITIONS = frozenset((_State.COLUMNS, _State.PREPARE_PARAMS, _State.PREPARE_COLUMNS))
 
 
 class ResponseScanner:
@@ -84,6 +87,30 @@ class ResponseScanner:
         pos = 0
         end = len(data)
         while pos < end and not self.done:
+            if self._remaining == 0 and not self._header and not self._continuation and end - pos >= 4:
+                # Fast path: a whole packet in this chunk (the usual case) is looked at in
+                # place, without the header/head buffers the split case needs.
+                length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+                start = pos + 4
+                stop = start + length
+                if stop <= end and length < MAX_PACKET:
+                    pos = stop
+                    self._length = length
+                    first = data[start] if length else -1
+                    state = self._state
+                    # Rows and column definitions need no look inside: skip them here
+                    # rather than in _on_packet (most packets of a result are these).
+                    if state == _State.ROWS and 0 <= first < EOF_HEADER:
+                        continue
+                    if state in _DEFINITIONS and self.kind != ResponseKind.FIELD_LIST:
+                        self._left -= 1
+                        if self._left == 0:
+                            self._after_definitions()
+                        continue
+                    if length > _INSPECT and first != ERR_HEADER:
+                        stop = start + _INSPECT
+                    self._on_packet(bytes(data[start:stop]), length)
+                    continue
             if self._remaining == 0 and len(self._header) < 4:
                 need = 4 - len(self._header)
                 self._header += data[pos:pos + need]
