@@ -430,3 +430,43 @@ def test_kill_at_a_random_moment_under_load(bank, base_config, sandbox, mode):
         assert wait_clean(sandbox) == {}, f"seed {seed}"
     finally:
         stop_proxy(restarted)
+
+
+def all_balances(sandbox) -> dict[int, int]:
+    found = {}
+    for ds in DATA_SOURCES:
+        with sandbox.admin_connect(ds, database=f"shop_{ds}") as conn, conn.cursor() as cur:
+            cur.execute("SELECT id, balance FROM account")
+            found.update(cur.fetchall())
+    return found
+
+
+def test_two_workers_run_and_recover_their_own_transactions(base_config, sandbox):
+    """With worker processes each worker's xids carry its index: transfers on both workers
+    commit and roll back cleanly, and global transactions left open when the supervisor is
+    killed are compensated at the next start."""
+    config, workdir = base_config
+    proxy = start_proxy({**config, "server": {"workers": 2}}, workdir)
+    try:
+        create_tables(proxy)
+        conns = [proxy.connect(database="bank") for _ in range(6)]  # spread over both workers
+        for n, conn in enumerate(conns):
+            with conn.cursor() as cur:
+                conn.begin()
+                transfer(cur, 2 * n, 2 * n + 1, 10)
+                conn.commit() if n % 2 else conn.rollback()
+        assert total(sandbox) == ACCOUNTS * INITIAL
+        assert wait_clean(sandbox) == {}
+        committed = all_balances(sandbox)
+        for n, conn in enumerate(conns):  # every session inside a transaction, then kill -9
+            conn.begin()
+            transfer(conn.cursor(), 2 * n, 2 * n + 1, 100)
+        proxy.process.kill()
+    finally:
+        stop_proxy(proxy)
+    restarted = start_proxy(config, workdir)  # recovery runs at start, for every worker's xids
+    try:
+        assert all_balances(sandbox) == committed
+        assert wait_clean(sandbox) == {}
+    finally:
+        stop_proxy(restarted)

@@ -36,6 +36,11 @@ class BaseState:
     """Server-wide: which tables exist where, table metadata, running transactions."""
 
     def __init__(self, server: Server) -> None:
+        # BASE xids name the worker too: a worker's sweep must not finish another worker's
+        # running transactions (recovery at start takes every worker's).
+        config = server.config
+        self.xid_instance = (config.instance_id if server.worker_count == 1
+                             else f"{config.instance_id}-w{server.worker_index}")
         self.prepared_sources: set[str] = set()   # undo log + global lock tables exist, settings checked
         self.log_sources: set[str] = set()        # global transaction table exists
         self.meta_cache: dict[tuple[str, str], TableMeta] = {}
@@ -123,10 +128,12 @@ def base_log_sources(server: Server) -> list[str]:
                    for d in config.databases.values() if d.sharding is not None})
 
 
-async def recover(server: Server, min_age_s: float = 0.0) -> dict[str, int]:
-    """Finish this instance's unfinished BASE transactions (see txn.base_recovery)."""
+async def recover(server: Server, min_age_s: float = 0.0, instance: str | None = None) -> dict[str, int]:
+    """Finish the unfinished BASE transactions of ``instance`` (default: this sidecar's, of
+    every worker; see txn.base_recovery)."""
     return await base_recovery.recover(
-        lambda log_source: backends(server, log_source), base_log_sources(server), server.config.instance_id,
+        lambda log_source: backends(server, log_source), base_log_sources(server),
+        instance or server.config.instance_id,
         lambda ds: acquire_plain(server, ds), lambda conn: release_plain(server, conn),
         min_age_s=min_age_s, running=server.base.running)
 
@@ -136,7 +143,7 @@ async def sweep_forever(server: Server) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL_S)
         try:
-            counts = await recover(server, SWEEP_MIN_AGE_S)
+            counts = await recover(server, SWEEP_MIN_AGE_S, server.base.xid_instance)
         except (BackendError, OSError, ConnectionError, TimeoutError) as exc:
             log.warning("BASE recovery sweep failed (%s); it runs again in %g s", exc, SWEEP_INTERVAL_S)
             continue

@@ -68,7 +68,7 @@ class GlobalTransaction:
         s = self.session
         config = self._config()
         backends = base_mode.backends(s.server, self._log_data_source(), branch=s.sharded.connection)
-        base = BaseTransaction(backends, s.config.instance_id, self.isolation_override or config.base_isolation,
+        base = BaseTransaction(backends, s.server.base.xid_instance, self.isolation_override or config.base_isolation,
                                config.lock_wait_timeout_s,
                                found_rows=bool(s.capabilities & Capability.FOUND_ROWS))
         s.server.base.running.add(base.xid)
