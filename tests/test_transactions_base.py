@@ -470,3 +470,22 @@ def test_two_workers_run_and_recover_their_own_transactions(base_config, sandbox
         assert wait_clean(sandbox) == {}
     finally:
         stop_proxy(restarted)
+
+
+def test_prepared_statements_in_a_base_transaction(bank, sandbox):
+    import mysql.connector
+
+    conn = mysql.connector.connect(host=bank.host, port=bank.port, user="app", password="app", database="bank",
+                                   autocommit=True)
+    try:
+        cur = conn.cursor(prepared=True)
+        for finish in ("ROLLBACK", "COMMIT"):
+            cur.execute("BEGIN")  # prepared transaction control drives the same global transaction
+            cur.execute("UPDATE account SET balance = balance - ? WHERE id = ?", (100, 0))
+            cur.execute("UPDATE account SET balance = balance + ? WHERE id = ?", (100, 1))
+            cur.execute(finish)
+            expected = (INITIAL, INITIAL) if finish == "ROLLBACK" else (INITIAL - 100, INITIAL + 100)
+            assert balances(sandbox) == expected
+    finally:
+        conn.close()
+    assert wait_clean(sandbox) == {}

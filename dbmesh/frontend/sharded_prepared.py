@@ -123,8 +123,10 @@ async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> No
     values, stmt.param_types = decode_params(payload, stmt.num_params, stmt.param_types, stmt.long_data)
     long_data, stmt.long_data = stmt.long_data, {}
     executor = session.sharded
-    if info.point is not None and not long_data and not (session.shadow.flag or session.database in
-                                                         session.shadow.databases):
+    # A BASE global transaction images its writes (and record_lock locks its reads): plan path.
+    in_base = executor.in_transaction and executor.txn.base is not None
+    if info.point is not None and not long_data and not in_base and not (
+            session.shadow.flag or session.database in session.shadow.databases):
         if await _execute_point(session, stmt, payload, values):
             return
     try:
