@@ -17,6 +17,7 @@ from test_transactions import (
     INITIAL,
     RULES,
     balances,
+    concurrent_transfers,
     prepared_branches,
     run_crashing_transfer,
     total,
@@ -106,44 +107,7 @@ def table_state(sandbox, table: str) -> list[tuple]:
 
 
 def test_concurrent_transfers_keep_the_total(bank, sandbox):
-    failures: list[BaseException] = []
-    stats = {"commit": 0, "rollback": 0, "timeout": 0}
-    lock = threading.Lock()
-
-    def client(seed: int) -> None:
-        rnd = random.Random(seed)
-        conn = bank.connect(database="bank")
-        try:
-            with conn.cursor() as cur:
-                for _ in range(12):
-                    a, b = rnd.sample(range(ACCOUNTS), 2)
-                    try:
-                        conn.begin()
-                        transfer(cur, a, b, rnd.randint(1, 50))
-                        if rnd.random() < 0.25:
-                            conn.rollback()
-                            outcome = "rollback"
-                        else:
-                            conn.commit()
-                            outcome = "commit"
-                    except pymysql.err.OperationalError as exc:
-                        if exc.args[0] != 1205:  # a global lock wait timed out: start again
-                            raise
-                        conn.rollback()
-                        outcome = "timeout"
-                    with lock:
-                        stats[outcome] += 1
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            failures.append(exc)
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    assert not failures, failures[:3]
+    stats = concurrent_transfers(bank, "BASE", rounds=12)  # the database's isolation: record_lock
     assert stats["commit"] > 50 and stats["rollback"] > 10, stats
     assert total(sandbox) == ACCOUNTS * INITIAL
     assert wait_clean(sandbox) == {}

@@ -41,18 +41,10 @@ class GlobalTransaction:
         return s.config.databases[s.database].transaction.mode if s.database else "LOCAL"
 
     def set_mode(self, value: str) -> None:
-        mode = value.strip().strip("'\"`").upper()
-        if mode not in MODES:
-            raise ProxyError(1231, "42000", f"dbmesh_transaction_mode must be one of {', '.join(MODES)}, "
-                                            f"not '{value.strip()}'")
-        self.mode_override = mode
+        self.mode_override = _setting("dbmesh_transaction_mode", value, MODES).upper()
 
     def set_isolation(self, value: str) -> None:
-        isolation = value.strip().strip("'\"`").lower()
-        if isolation not in ISOLATIONS:
-            raise ProxyError(1231, "42000", f"dbmesh_base_isolation must be one of {', '.join(ISOLATIONS)}, "
-                                            f"not '{value.strip()}'")
-        self.isolation_override = isolation
+        self.isolation_override = _setting("dbmesh_base_isolation", value, ISOLATIONS)
 
     def _config(self):
         s = self.session
@@ -166,6 +158,15 @@ class GlobalTransaction:
             await conn.query(sql)
         finally:
             pool.release(conn)
+
+
+def _setting(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    """A session setting's value, checked against ``allowed`` (any case)."""
+    chosen = value.strip().strip("'\"`")
+    found = next((a for a in allowed if a.lower() == chosen.lower()), None)
+    if found is None:
+        raise ProxyError(1231, "42000", f"{name} must be one of {', '.join(allowed)}, not '{value.strip()}'")
+    return found
 
 
 @contextmanager
