@@ -54,3 +54,17 @@ MIRROR_ERRORS = Counter("dbmesh_mirror_errors_total", "Mirrored reads that faile
                         ["database", "target", "kind"])
 MIRROR_DROPPED = Counter("dbmesh_mirror_dropped_total", "Production reads not mirrored (queue full, result too large)",
                          ["database", "target", "reason"])
+
+# Transactions across data sources (dbmesh/frontend/transactions.py, txn/).
+GLOBAL_TRANSACTIONS = Counter("dbmesh_global_transactions_total",
+                              "Transactions that wrote or read on a sharded database, by how they ended "
+                              "(commit, rollback, failed)", ["database", "mode", "outcome"])
+BASE_NEEDS_ATTENTION = Counter("dbmesh_base_needs_attention_total",
+                               "BASE rollbacks not applied because another writer changed a row meanwhile",
+                               ["database"])
+BASE_RETRIES = Counter("dbmesh_base_statement_retries_total",
+                       "BASE statements run again: a row held by another global transaction, or a deadlock",
+                       ["database", "reason"])
+TRANSACTIONS_RECOVERED = Counter("dbmesh_transactions_recovered_total",
+                                 "Transactions a recovery finished (at start or by the BASE sweep)",
+                                 ["mode", "outcome"])

@@ -5,13 +5,15 @@ sidecar is killed at each point of a global transaction."""
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
+import urllib.request
 
 import pymysql
 import pytest
 
-from conftest import sandbox_proxy_config, start_proxy, stop_proxy
+from conftest import free_port, sandbox_proxy_config, start_proxy, stop_proxy
 from test_transactions import (
     ACCOUNTS,
     INITIAL,
@@ -42,7 +44,16 @@ def base_config(sandbox, tmp_path_factory):
         "sharding": ORDER_RULES,
         "transaction": {"mode": "BASE", "base_isolation": "record_lock", "lock_wait_timeout_s": 5}}})
     config["instance_id"] = "basetest"
+    config["metrics"] = {"host": "127.0.0.1", "port": free_port()}
     return config, workdir
+
+
+def metric(config: dict, name: str, **labels: str) -> float:
+    """The value of a counter on the proxy's /metrics (0 when absent)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{config['metrics']['port']}/metrics", timeout=5).read().decode()
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    found = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def create_tables(proxy) -> None:
@@ -138,12 +149,15 @@ def test_rollback_undoes_every_kind_of_statement(bank, sandbox, isolation):
     assert wait_clean(sandbox) == {}
 
 
-def test_commit_keeps_changes_and_clears_the_undo_log(bank, sandbox):
+def test_commit_keeps_changes_and_clears_the_undo_log(bank, sandbox, base_config):
+    labels = {"database": "bank", "mode": "BASE", "outcome": "commit"}
+    committed = metric(base_config[0], "dbmesh_global_transactions_total", **labels)
     with bank.connect(database="bank") as conn, conn.cursor() as cur:
         conn.begin()
         transfer(cur, 0, 1, 100)
         cur.execute("INSERT INTO item (id, name) VALUES (20, 'a'), (21, 'b')")
         conn.commit()
+    assert metric(base_config[0], "dbmesh_global_transactions_total", **labels) == committed + 1
     assert balances(sandbox) == (INITIAL - 100, INITIAL + 100)
     assert len([r for r in table_state(sandbox, "item") if r[0] in (20, 21)]) == 2
     assert wait_clean(sandbox) == {}
@@ -174,7 +188,7 @@ def test_failed_statement_inside_a_transaction_leaves_nothing(bank, sandbox):
     assert wait_clean(sandbox) == {}
 
 
-def test_version_isolation_keeps_a_concurrent_write(bank, sandbox):
+def test_version_isolation_keeps_a_concurrent_write(bank, sandbox, base_config):
     with bank.connect(database="bank") as conn, conn.cursor() as cur:
         cur.execute("SET dbmesh_base_isolation = 'version'")
         conn.begin()
@@ -188,6 +202,7 @@ def test_version_isolation_keeps_a_concurrent_write(bank, sandbox):
         assert failed.value.args[0] == 1180
         assert "row (0) of account was changed by another transaction" in failed.value.args[1]
         assert "needs_attention" in failed.value.args[1]
+    assert metric(base_config[0], "dbmesh_base_needs_attention_total", database="bank") >= 1
     # Nothing was overwritten and nothing half undone: the other write and the transfer stand.
     assert balances(sandbox) == (7, INITIAL + 100)
     with sandbox.admin_connect("ds_0", database="shop_ds_0") as admin, admin.cursor() as cur:
@@ -264,6 +279,7 @@ def test_record_lock_wait_times_out_with_a_clear_error(bank, sandbox, base_confi
             assert failed.value.args[0] == 1205
             assert "account" in failed.value.args[1] and "try restarting transaction" in failed.value.args[1]
             assert time.monotonic() - started >= 4  # lock_wait_timeout_s: 5 (an order, not a speed)
+            assert metric(base_config[0], "dbmesh_base_statement_retries_total", database="bank", reason="lock") > 0
             second.rollback()
         first.commit()
     assert balances(sandbox)[1] == INITIAL

@@ -113,6 +113,8 @@ class Backends:
     # Actual table metadata and statement shapes, shared by the sidecar's sessions.
     meta_cache: dict[tuple[str, str], TableMeta] = field(default_factory=dict)
     templates: Templates = field(default_factory=Templates)
+    # Told each time a statement runs again ('lock' or 'deadlock'), for the metrics.
+    retried: Callable[[str], None] = lambda reason: None
     # The log data source, and where finished transactions go for (batched) clean-up.
     log_source: str = ""
     finished: Callable[[Finished], None] = lambda f: None
@@ -177,6 +179,7 @@ class BaseTransaction:
                     raise BaseTxnError(ER_LOCK_WAIT_TIMEOUT, "HY000",
                                        f"Lock wait timeout exceeded: {busy} (dbmesh BASE record_lock, waited "
                                        f"{self.lock_wait_timeout_s:g} s); try restarting transaction") from None
+                self.backends.retried("deadlock" if isinstance(busy, DeadlockBusy) else "lock")
                 await asyncio.sleep(pause * random.uniform(0.5, 1.5))
                 pause = min(pause * 2, 0.1)
 

@@ -21,6 +21,7 @@ from txn.base_templates import Templates
 from txn.images import TableMeta
 from txn.sqltext import Statement
 
+from .. import metrics
 from ..backend.connection import BackendConnection, BackendError, QueryResult
 
 if TYPE_CHECKING:
@@ -85,9 +86,10 @@ async def run_plain(server: Server, ds: str, statement: Statement) -> QueryResul
         release_plain(server, conn)
 
 
-def backends(server: Server, log_source: str,
-             branch: Callable[[str], Awaitable[Conn]] | None = None) -> Backends:
-    """Backend access for one global transaction (or recovery) logging on ``log_source``."""
+def backends(server: Server, log_source: str, branch: Callable[[str], Awaitable[Conn]] | None = None,
+             database: str = "") -> Backends:
+    """Backend access for one global transaction of ``database`` (or recovery) logging on
+    ``log_source``."""
     state = server.base
 
     async def log_statement(statement: Statement) -> QueryResult:
@@ -117,6 +119,7 @@ def backends(server: Server, log_source: str,
         templates=state.templates,
         log_source=log_source,
         finished=state.cleanup.add,
+        retried=lambda reason: metrics.BASE_RETRIES.labels(database, reason).inc(),
     )
 
 
@@ -131,11 +134,15 @@ def base_log_sources(server: Server) -> list[str]:
 async def recover(server: Server, min_age_s: float = 0.0, instance: str | None = None) -> dict[str, int]:
     """Finish the unfinished BASE transactions of ``instance`` (default: this sidecar's, of
     every worker; see txn.base_recovery)."""
-    return await base_recovery.recover(
+    counts = await base_recovery.recover(
         lambda log_source: backends(server, log_source), base_log_sources(server),
         instance or server.config.instance_id,
         lambda ds: acquire_plain(server, ds), lambda conn: release_plain(server, conn),
         min_age_s=min_age_s, running=server.base.running)
+    for outcome, count in counts.items():
+        if count:
+            metrics.TRANSACTIONS_RECOVERED.labels("BASE", outcome).inc(count)
+    return counts
 
 
 async def sweep_forever(server: Server) -> None:

@@ -145,6 +145,8 @@ class Server:
             return
         if any(counts.values()):
             log.info("XA recovery: %d branches committed, %d rolled back", counts["commit"], counts["rollback"])
+            for outcome, count in counts.items():
+                metrics.TRANSACTIONS_RECOVERED.labels("XA", outcome).inc(count)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, reader, writer, next(self._ids))

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from txn import xa
-from txn.base_coordinator import BaseTransaction, BaseTxnError
+from txn.base_coordinator import ER_ERROR_DURING_ROLLBACK, BaseTransaction, BaseTxnError
 from txn.snapshot import SnapshotError, UnsupportedStatement
 
-from .. import errors
+from .. import errors, metrics
 from ..backend.connection import BackendConnection, BackendError, QueryResult
 from ..errors import ProxyError
 from ..protocol.constants import Capability
@@ -59,7 +59,8 @@ class GlobalTransaction:
     def _new_base(self) -> BaseTransaction:
         s = self.session
         config = self._config()
-        backends = base_mode.backends(s.server, self._log_data_source(), branch=s.sharded.connection)
+        backends = base_mode.backends(s.server, self._log_data_source(), branch=s.sharded.connection,
+                                      database=s.database or "")
         base = BaseTransaction(backends, s.server.base.xid_instance, self.isolation_override or config.base_isolation,
                                config.lock_wait_timeout_s,
                                found_rows=bool(s.capabilities & Capability.FOUND_ROWS))
@@ -90,6 +91,20 @@ class GlobalTransaction:
             await self.base.lock_rows(units)
 
     async def finish(self, branches: dict[str, BackendConnection], commit: bool) -> None:
+        mode, database = self.mode, self.session.database or ""
+        touched = bool(branches) or (self.base is not None and bool(self.base.participants))
+        try:
+            await self._finish(branches, commit)
+        except ProxyError as exc:
+            if exc.code == ER_ERROR_DURING_ROLLBACK:
+                metrics.BASE_NEEDS_ATTENTION.labels(database).inc()
+            if touched:
+                metrics.GLOBAL_TRANSACTIONS.labels(database, mode, "failed").inc()
+            raise
+        if touched:
+            metrics.GLOBAL_TRANSACTIONS.labels(database, mode, "commit" if commit else "rollback").inc()
+
+    async def _finish(self, branches: dict[str, BackendConnection], commit: bool) -> None:
         if self.base is not None:
             base, self.base = self.base, None
             try:
