@@ -469,3 +469,34 @@ def test_prepared_statements_in_a_base_transaction(bank, sandbox):
     finally:
         conn.close()
     assert wait_clean(sandbox) == {}
+
+
+def test_a_data_source_lost_mid_transaction(bank, base_config, sandbox):
+    """ds_1 stops after both branches committed: ROLLBACK fails with a clear error, the
+    sidecar goes on serving, and once ds_1 is back the recovery undoes what stayed."""
+    config, workdir = base_config
+    conn = bank.connect(database="bank")
+    try:
+        with conn.cursor() as cur:
+            conn.begin()
+            transfer(cur, 0, 1, 100)
+            sandbox.stop_instance("ds_1")
+            try:
+                with pytest.raises(pymysql.err.MySQLError) as failed:
+                    conn.rollback()
+                assert failed.value.args[0] in (2013, 2003), failed.value.args
+                with bank.connect(database="bank") as other, other.cursor() as ocur:
+                    ocur.execute("SELECT balance FROM account WHERE id = 0")  # ds_0 still served
+                    assert ocur.fetchone()[0] == INITIAL - 100
+            finally:
+                sandbox.start_instance("ds_1")
+    finally:
+        conn.close()
+    assert bank.alive()
+    stop_proxy(bank)
+    restarted = start_proxy(config, workdir)  # recovery compensates both branches
+    try:
+        assert balances(sandbox) == (INITIAL, INITIAL)
+        assert wait_clean(sandbox) == {}
+    finally:
+        stop_proxy(restarted)

@@ -126,7 +126,6 @@ class _Unit:
 
     index: int
     sql: str
-    tree: exp.Expression | None = None
 
 
 class BaseTransaction:
@@ -188,9 +187,8 @@ class BaseTransaction:
         new = [ds for ds in data_sources if ds not in self.participants]
         if not new:
             return
-        for ds in new:
-            self.participants[ds] = Participant(ds, len(self.participants) + 1)
-        everyone = list(self.participants.values())
+        everyone = [*self.participants.values(),
+                    *(Participant(ds, len(self.participants) + n) for n, ds in enumerate(new, 1))]
         if not self.logged:
             await self.backends.log(global_log.insert(self.xid, everyone))
             self.logged = True
@@ -199,6 +197,8 @@ class BaseTransaction:
             if result.affected_rows != 1:
                 raise BaseTxnError(ER_XA_RBROLLBACK, "XA100", f"global transaction {self.xid} is no longer "
                                                               "running (a recovery finished it); roll back")
+        # Only once logged: a branch never commits where recovery would not look.
+        self.participants = {p.data_source: p for p in everyone}
 
     async def _attempt(self, by_source: dict[str, list[_Unit]], branch_work, count: int) -> list[Result]:
         """Every branch's local transaction, committed only if all of them succeeded."""
