@@ -336,10 +336,13 @@ class BaseTransaction:
             await self.rollback()
             raise BaseTxnError(ER_XA_RBROLLBACK, "XA100", f"transaction rolled back: {reason}")
         failpoints.hit("base_before_commit_status")
-        await self.backends.log(global_log.set_status(self.xid, global_log.COMMITTED))
+        self.logged = False
+        result = await self.backends.log(global_log.set_status(self.xid, global_log.COMMITTED))
+        if result.affected_rows != 1:
+            raise BaseTxnError(ER_XA_RBROLLBACK, "XA100", f"global transaction {self.xid} was rolled back by "
+                                                          "recovery before it could commit")
         failpoints.hit("base_after_commit_status")
         self._finished()
-        self.logged = False
 
     async def rollback(self) -> None:
         if not self.logged:
