@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import signal
 import sys
@@ -292,6 +293,9 @@ def execute(settings: Settings, state: State) -> None:
         cluster.set_lock_wait_timeout(box, settings.lock_wait_timeout)
     state.machine = report.machine_info(cluster.mariadb_version(box), services.haproxy_version(), HERE.parent)
     state.machine["mariadb_innodb_lock_wait_timeout_s"] = cluster.lock_wait_timeout(box)
+    # Other work on the machine moves every figure but the same-run ratios: record how busy it was.
+    state.machine["loadavg_1_5_15_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    state.machine["dbmesh_workers"] = settings.workers
     print(f"rows: {cluster.row_counts(box)}", flush=True)
     state.bench = Bench(box, state.workdir, settings.workers)
     state.bench.start_all()

@@ -22,8 +22,9 @@ from typing import Any
 from sqlglot import exp
 
 from . import conditions, planner
+from .errors import ShardingError
 from .planner import MEMOS, Plan, RouteUnit, parse_statement, plan
-from .rules import ExactValues
+from .rules import DataNode, ExactValues
 
 # A quoted string, or a number not glued to an identifier (t_order_1) or a qualifier.
 _LITERAL = re.compile(
@@ -120,7 +121,7 @@ class PointShape:
     planner's walk of the tree. Built only for shapes where that is provably what the full
     planner does (see point_shape); anything else keeps the full route."""
 
-    __slots__ = ("kind", "rule", "table", "positions", "locking")
+    __slots__ = ("kind", "rule", "table", "positions", "locking", "_direct")
 
     def __init__(self, kind: str, rule: Any, table: str, positions: tuple[tuple[str, int], ...], locking: bool):
         self.kind = kind              # select | update | delete
@@ -128,14 +129,49 @@ class PointShape:
         self.table = table            # lower-case logical name
         self.positions = positions    # (sharding column, literal index) pairs
         self.locking = locking
+        self._direct = self._direct_route()
+
+    def _direct_route(self) -> tuple | None:
+        """(database strategy, its value's index, table strategy or None, its index) when each
+        dimension is one single-column algorithm (or no table strategy over one table per data
+        source): then a node is two shard() calls, not TableRule.route's general walk."""
+        rule, index = self.rule, dict(self.positions)
+
+        def simple(strategy: Any) -> bool:
+            return strategy is not None and len(strategy.columns) == 1 and not strategy.algorithm.multi_column
+
+        db, tb = rule.database_strategy, rule.table_strategy
+        if not simple(db) or not (simple(tb) or (tb is None and all(
+                len(rule.actual_tables(ds)) == 1 for ds in rule.data_sources))):
+            return None
+        return (db, index[db.columns[0].lower()], tb, index[tb.columns[0].lower()] if tb is not None else -1)
 
     def node(self, values: Sequence[Any]) -> Any:
         """The DataNode for these literal values, or None when the full path must decide."""
+        if self._direct is not None:
+            node = self._direct_node(values)
+            if node is not None:
+                return node
         conds = {column: ExactValues((values[i],)) for column, i in self.positions}
         nodes = self.rule.route(conds)
         if len(nodes) > 1:
             return None  # an algorithm that cannot narrow to one node
         return nodes[0] if nodes else self.rule.data_nodes[0]  # as the planner: ask one node
+
+    def _direct_node(self, values: Sequence[Any]) -> Any:
+        """What TableRule.route gives for one exact value per column, computed directly; None
+        (then route() decides, and words any error) when a value routes nowhere or fails."""
+        db, db_index, tb, tb_index = self._direct
+        rule = self.rule
+        try:
+            ds = db.algorithm.shard(rule.data_sources, values[db_index])
+            tables = rule.actual_tables(ds)
+            table = tables[0] if tb is None else tb.algorithm.shard(tables, values[tb_index])
+        except ShardingError:
+            return None
+        if ds not in rule.tables_by_source or table not in tables:
+            return None
+        return DataNode(ds, table)
 
     def plan(self, tree: exp.Expression, logical_db: str, values: list[Any]) -> Plan | None:
         node = self.node(values)
