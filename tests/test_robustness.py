@@ -1043,6 +1043,30 @@ def test_pooled_connection_closed_by_server_is_not_handed_out(rb_proxy: Proxy, s
     assert_no_tracebacks(rb_proxy)
 
 
+def test_backend_lost_mid_result_closes_the_client_connection(rb_proxy: Proxy, sandbox) -> None:
+    """A backend that dies after part of its result reached the client: no packet can follow
+    the cut one well-formed (an ERR would land mid-row with the wrong sequence id), so the
+    proxy closes the client's connection and its driver reports a lost connection."""
+    c = RawClient(rb_proxy)
+    c.login()
+    # ~100 MB of rows; the client reads nothing yet, so the relay stalls with buffers full.
+    c.send(bytes((COM_QUERY,)) + b"SELECT seq, REPEAT('x', 100000) AS rb_cut FROM seq_1_to_1000")
+    sql = "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> CONNECTION_ID()"
+    found = wait_until(lambda: admin_rows(sandbox, "ds_0", sql, ("%AS rb_cut FROM%",)),
+                       what="the big SELECT to run on ds_0")
+    admin_execute(sandbox, "ds_0", f"KILL CONNECTION {found[0][0]}")
+    first = c.read()
+    assert first == b"\x02", first  # two columns: the result had started
+    packets = 0
+    while c.read() is not None:  # a timeout here: the proxy wrote an ERR mid-result
+        packets += 1
+    assert packets < 1000 + 3, "the whole result arrived: the backend was not cut mid-result"
+    c.close()
+    wait_until(lambda: "failed mid-statement" in rb_proxy.log(), what="the proxy to log the lost backend")
+    assert_healthy(rb_proxy)
+    assert_no_tracebacks(rb_proxy)
+
+
 def test_unreachable_data_source_is_a_clear_error_in_every_client(tmp_path: Path) -> None:
     """A data source nobody listens on: every client shows the proxy's own message. The code
     is a server code (1429), never a client-library one (2003): libmariadb, and so the

@@ -235,6 +235,7 @@ class BackendConnection:
                 # stays usable (uvloop raises on writes to a closed transport).
                 if out is not None and not out.is_closing():
                     sink.write(data if used == len(data) else data[:used])
+                    self.response_started = True
                     if out.get_write_buffer_size() > 1 << 20:
                         try:
                             await sink.drain()
@@ -243,6 +244,11 @@ class BackendConnection:
         except (ConnectionError, OSError, MalformedPacket):
             self.broken = True
             self._count_error()
+            if self.response_started:
+                # The client holds part of a response, perhaps half a packet: nothing can follow
+                # it well-formed (an ERR would be read as row bytes), so end the client's
+                # connection; its driver reports a lost connection.
+                out.close()
             raise
         except BaseException:
             # Cancelled mid-response: the stream position is unknown, never reuse it.
