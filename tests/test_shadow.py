@@ -554,6 +554,51 @@ def test_ddl_is_applied_to_shadows(env, sandbox):
                     show_create(sandbox, f"sh_{i}", f"sh_order_{j}")
 
 
+def index_names(sandbox, ds: str, table: str) -> set[str]:
+    server, database = PLACES[ds]
+    return {row[2] for row in run(sandbox, server, database, f"SHOW INDEX FROM {table}")}
+
+
+def test_sharded_index_ddl_reaches_every_actual_table_and_shadow(env, sandbox):
+    """CREATE INDEX and DROP INDEX on a sharded table run on every actual table and on every
+    shadow of one (shadow data sources, or shadows beside production); without shadow rules
+    only production changes."""
+    proxy, _ = env
+    order = [(f"sh_{i}", f"sh_order_{j}") for i in (0, 1) for j in (0, 1)]
+    order_shadows = [(f"{ds}_shadow", f"{table}_shadow") for ds, table in order]
+    pay = [(f"sh_{i}", f"sh_pay_{j}") for i in (0, 1) for j in (0, 1)]
+    pay_shadows = [(ds, f"{table}_shadow") for ds, table in pay]
+
+    def has_index(tables: list[tuple[str, str]], name: str) -> list[bool]:
+        return [name in index_names(sandbox, ds, table) for ds, table in tables]
+
+    with connect(proxy, "shd_shard") as conn, conn.cursor() as cur:
+        cur.execute("CREATE INDEX by_note ON sh_order (note)")
+        assert has_index(order + order_shadows, "by_note") == [True] * 8
+        cur.execute("PREVIEW DROP INDEX by_note ON sh_order")
+        assert sorted(cur.fetchall()) == sorted([(ds, f"DROP INDEX by_note ON {t}") for ds, t in order + order_shadows])
+        cur.execute("DROP INDEX by_note ON sh_order")
+        assert has_index(order + order_shadows, "by_note") == [False] * 8
+        # A shadow that drifted (its index already gone): the client learns they differ.
+        cur.execute("CREATE INDEX by_note ON sh_order (note)")
+        run(sandbox, "ds_1", "shd_sh0_shadow", "DROP INDEX by_note ON sh_order_1_shadow")
+        with pytest.raises(pymysql.err.MySQLError) as info:
+            cur.execute("DROP INDEX by_note ON sh_order")
+        message = info.value.args[1]
+        assert "ran on production but not on every shadow" in message and "by_note" in message, message
+        assert has_index(order + order_shadows, "by_note") == [False] * 8
+    with connect(proxy, "shd_shard_tbl") as conn, conn.cursor() as cur:
+        cur.execute("CREATE INDEX by_user ON sh_pay (user_id)")
+        assert has_index(pay + pay_shadows, "by_user") == [True] * 8
+        cur.execute("DROP INDEX IF EXISTS by_user ON sh_pay")
+        assert has_index(pay + pay_shadows, "by_user") == [False] * 8
+    with connect(proxy, "shd_shard_plain") as conn, conn.cursor() as cur:  # the same tables, no shadow rules
+        cur.execute("CREATE INDEX by_user ON sh_pay (user_id)")
+        assert has_index(pay + pay_shadows, "by_user") == [True] * 4 + [False] * 4
+        cur.execute("DROP INDEX by_user ON sh_pay")
+        assert has_index(pay + pay_shadows, "by_user") == [False] * 8
+
+
 def test_ddl_reports_an_unreachable_shadow(env, sandbox, tmp_path):  # env: the schema
     """Production takes the DDL, the shadow data source is down: the client is told that the
     shadows now differ, for a pass-through and a sharded database alike."""
