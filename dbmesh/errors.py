@@ -32,11 +32,17 @@ ER_BAD_DB_ERROR = 1049
 ER_UNKNOWN_ERROR = 1105
 ER_NOT_SUPPORTED_YET = 1235
 ER_UNKNOWN_STMT_HANDLER = 1243
+ER_NOT_SUPPORTED_AUTH_MODE = 1251
 ER_MALFORMED_PACKET = 1835
-# Client-library style codes for "the server behind the proxy is unreachable": drivers and
-# operators recognise them as connection problems rather than SQL mistakes.
-CR_CONN_HOST_ERROR = 2003
-CR_SERVER_LOST = 2013
+# "The server behind the proxy is unreachable / went away": the codes MariaDB itself sends
+# when the remote server of a FEDERATED/Spider table fails. Never a client-library code
+# (2000-2999, CR_*): those only exist on the client side, and libmariadb (the mariadb CLI,
+# Connector/C 3.3.9+, CONC-648) rejects an ERR packet carrying one as a malformed packet.
+ER_CONNECT_TO_FOREIGN_DATA_SOURCE = 1429
+ER_QUERY_ON_FOREIGN_DATA_SOURCE = 1430
+# SQLSTATE class 08 (connection exception): drivers that classify by SQLSTATE (Connector/Python,
+# Connector/J) raise their connection-error class, as for a server that went away.
+SQLSTATE_LINK_FAILURE = "08S01"
 
 
 def access_denied(user: str, host: str, using_password: bool) -> ProxyError:
@@ -55,12 +61,12 @@ def unknown_database(database: str) -> ProxyError:
 
 
 def backend_unavailable(data_source: str, address: str, reason: str) -> ProxyError:
-    return ProxyError(CR_CONN_HOST_ERROR, "HY000",
+    return ProxyError(ER_CONNECT_TO_FOREIGN_DATA_SOURCE, SQLSTATE_LINK_FAILURE,
                       f"Can't connect to data source '{data_source}' ({address}): {reason}")
 
 
 def backend_lost(data_source: str, address: str) -> ProxyError:
-    return ProxyError(CR_SERVER_LOST, "HY000",
+    return ProxyError(ER_QUERY_ON_FOREIGN_DATA_SOURCE, SQLSTATE_LINK_FAILURE,
                       f"Lost connection to data source '{data_source}' ({address}) during query")
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from sharding.conditions import is_constant, literal_value
+from sharding.planner import is_dropped_index
 
 from .rules import ShadowAlgorithm, ShadowRules
 
@@ -90,7 +91,7 @@ def table_refs(tree: exp.Expression, own_dbs: Iterable[str]) -> list[tuple[exp.T
     ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
     refs = []
     for node in tree.find_all(exp.Table):
-        if not node.name:
+        if not node.name or is_dropped_index(node):
             continue
         if node.db and node.db.lower() not in own:
             continue

@@ -127,7 +127,7 @@ def _find_table_refs(tree: exp.Expression, logical_db: str) -> list[_TableRef]:
     cte_names = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
     refs = []
     for node in tree.find_all(exp.Table):
-        if not node.name or (node.db and node.db.lower() != logical_db.lower()):
+        if not node.name or (node.db and node.db.lower() != logical_db.lower()) or is_dropped_index(node):
             continue
         name = node.name.lower()
         if name in cte_names and not node.db:
@@ -135,6 +135,14 @@ def _find_table_refs(tree: exp.Expression, logical_db: str) -> list[_TableRef]:
         alias = node.alias or None
         refs.append(_TableRef(node, name, alias.lower() if alias else None))
     return refs
+
+
+def is_dropped_index(node: exp.Table) -> bool:
+    """sqlglot holds the index name of ``DROP INDEX i ON t`` as a Table node: it names an
+    index, so it is neither routed nor renamed (only t, the ON table, is a table)."""
+    parent = node.parent
+    return node.arg_key == "tables" and isinstance(parent, exp.Drop) and \
+        (parent.args.get("kind") or "").upper() == "INDEX"
 
 
 def _rename(tree: exp.Expression, mapping: dict[str, str], logical_db: str) -> exp.Expression:
@@ -871,6 +879,8 @@ def _plan_update_delete(tree: exp.Expression, rules: ShardingRuleSet, logical_db
 def _plan_ddl(tree: exp.Expression, rules: ShardingRuleSet, logical_db: str) -> Plan:
     refs = _table_refs(tree, logical_db)
     if not refs:
+        if isinstance(tree, exp.Drop) and (tree.args.get("kind") or "").upper() == "INDEX":
+            raise ShardingError("DROP INDEX needs the table the index is on: DROP INDEX name ON table")
         raise ShardingError(f"{type(tree).__name__.upper()} without a table is not supported on a sharded "
                             "database")
     names = {r.name for r in refs}

@@ -105,3 +105,26 @@ def test_renamers_of_a_config():
     writer = Writer()
     assert logical_sink(writer, config, "users", "u") is writer
     assert isinstance(logical_sink(writer, config, "shop", "s_0"), RenamingSink)
+
+
+def test_renamers_of_pass_through_shadows():
+    """Pass-through: only shadow results are renamed, to what production's would show."""
+    ds = {"host": "127.0.0.1", "port": 3306, "user": "u", "password": "p"}
+    config = parse_config({
+        "users": [{"name": "app", "password": "app"}],
+        "data_sources": {"p": {**ds, "database": "app_db"}, "q": {**ds, "database": "other_db"},
+                         "q_sh": {**ds, "database": "other_db_sh"}},
+        "databases": {
+            "beside": {"data_source": "p", "shadow": {"tables": ["acct", "Log"]}},
+            "elsewhere": {"data_source": "q", "shadow": {"table_name": "{table}", "data_sources": {"q": "q_sh"},
+                                                         "tables": ["acct"]}},
+            "plain": {"data_source": "p"}}})
+    beside = renamer_for(config, "beside", "p")
+    assert beside.schemas == {} and beside.tables == {b"acct_shadow": b"acct", b"log_shadow": b"Log"}
+    elsewhere = renamer_for(config, "elsewhere", "q_sh")
+    assert elsewhere.schemas == {b"other_db_sh": b"other_db"} and elsewhere.tables == {}
+    assert renamer_for(config, "elsewhere", "q") is None  # production results: never touched
+    writer = Writer()
+    assert logical_sink(writer, config, "plain", "p") is writer
+    shadow_result = column_definition(Column("id", schema="other_db_sh", table="a", org_table="acct", org_name="id"))
+    assert parse_column_definition(elsewhere.column(shadow_result)).schema == "other_db"

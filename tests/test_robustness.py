@@ -35,7 +35,8 @@ import mysql.connector
 import pymysql
 import pytest
 
-from conftest import Proxy, start_proxy, stop_proxy
+from conftest import Proxy, free_port, start_proxy, stop_proxy
+from dbmesh.protocol.packets import err_packet
 
 # ---------------------------------------------------------------------------------------
 # A hand-rolled client for what real drivers never send.
@@ -990,7 +991,7 @@ def test_backend_dies_and_comes_back(sandbox, sandbox_config: dict, tmp_path: Pa
                 with pytest.raises(pymysql.err.OperationalError) as info:
                     in_tx.cursor().execute("SELECT COUNT(*) FROM rb_other")
                 code, message = info.value.args
-                assert code == 2013 and "'ds_1'" in message, info.value.args
+                assert code == 1430 and "Lost connection to data source 'ds_1'" in message, info.value.args
                 with pytest.raises(pymysql.err.OperationalError):
                     in_tx.cursor().execute("SELECT 1")
 
@@ -999,13 +1000,13 @@ def test_backend_dies_and_comes_back(sandbox, sandbox_config: dict, tmp_path: Pa
                     with pytest.raises(pymysql.err.OperationalError) as info:
                         survivor.cursor().execute("SELECT v FROM rb_other WHERE id = 1")
                     code, message = info.value.args
-                    assert code in (2003, 2013) and "'ds_1'" in message, info.value.args
+                    assert code in (1429, 1430) and "'ds_1'" in message, info.value.args
                 # Once no pooled connection is left, it is "can't connect" naming the address.
-                assert code == 2003 and "Can't connect to data source 'ds_1'" in message, message
+                assert code == 1429 and "Can't connect to data source 'ds_1'" in message, message
                 # New sessions: PyMySQL's SET NAMES at connect already needs the backend.
                 with pytest.raises(pymysql.err.OperationalError) as info:
                     proxy.connect(database="other")
-                assert info.value.args[0] == 2003 and "'ds_1'" in info.value.args[1]
+                assert info.value.args[0] == 1429 and "'ds_1'" in info.value.args[1]
                 # ds_0 is unaffected, on existing and new sessions.
                 assert_healthy(proxy)
         finally:
@@ -1040,6 +1041,81 @@ def test_pooled_connection_closed_by_server_is_not_handed_out(rb_proxy: Proxy, s
             new_id, answer = cur.fetchone()
             assert answer == 42 and new_id != backend_id
     assert_no_tracebacks(rb_proxy)
+
+
+def test_backend_lost_mid_result_closes_the_client_connection(rb_proxy: Proxy, sandbox) -> None:
+    """A backend that dies after part of its result reached the client: no packet can follow
+    the cut one well-formed (an ERR would land mid-row with the wrong sequence id), so the
+    proxy closes the client's connection and its driver reports a lost connection."""
+    c = RawClient(rb_proxy)
+    c.login()
+    # ~100 MB of rows; the client reads nothing yet, so the relay stalls with buffers full.
+    c.send(bytes((COM_QUERY,)) + b"SELECT seq, REPEAT('x', 100000) AS rb_cut FROM seq_1_to_1000")
+    sql = "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> CONNECTION_ID()"
+    found = wait_until(lambda: admin_rows(sandbox, "ds_0", sql, ("%AS rb_cut FROM%",)),
+                       what="the big SELECT to run on ds_0")
+    admin_execute(sandbox, "ds_0", f"KILL CONNECTION {found[0][0]}")
+    first = c.read()
+    assert first == b"\x02", first  # two columns: the result had started
+    packets = 0
+    while c.read() is not None:  # a timeout here: the proxy wrote an ERR mid-result
+        packets += 1
+    assert packets < 1000 + 3, "the whole result arrived: the backend was not cut mid-result"
+    c.close()
+    wait_until(lambda: "failed mid-statement" in rb_proxy.log(), what="the proxy to log the lost backend")
+    assert_healthy(rb_proxy)
+    assert_no_tracebacks(rb_proxy)
+
+
+def test_unreachable_data_source_is_a_clear_error_in_every_client(tmp_path: Path) -> None:
+    """A data source nobody listens on: every client shows the proxy's own message. The code
+    is a server code (1429), never a client-library one (2003): libmariadb, and so the
+    mariadb CLI, reports an ERR carrying a client-only code as 'Received malformed packet'."""
+    config = {
+        "users": [{"name": "app", "password": "app", "databases": ["*"]}],
+        "data_sources": {"ds_gone": {"host": "127.0.0.1", "port": free_port(), "user": "nobody",
+                                     "password": "x", "database": "demo"}},
+        "databases": {"demo": {"data_source": "ds_gone"}},
+    }
+    expected = "Can't connect to data source 'ds_gone'"
+    with running_proxy(config, tmp_path) as proxy:
+        cli = subprocess.run(
+            ["mariadb", "--no-defaults", "--protocol=TCP", "-h", proxy.host, "-P", str(proxy.port),
+             "-uapp", "-papp", "demo", "-e", "SELECT 1"],
+            capture_output=True, text=True, timeout=60)
+        assert cli.returncode != 0
+        assert "ERROR 1429 (08S01)" in cli.stderr and expected in cli.stderr, cli.stderr
+        assert "malformed" not in cli.stderr.lower(), cli.stderr
+
+        # PyMySQL: its SET NAMES at connect already needs the data source.
+        with pytest.raises(pymysql.err.OperationalError) as info:
+            proxy.connect()
+        assert info.value.args[0] == 1429 and expected in info.value.args[1], info.value.args
+
+        # Connector/Python (its session setup at connect needs the data source too) classifies
+        # by SQLSTATE: class 08 is its OperationalError.
+        with pytest.raises(mysql.connector.errors.OperationalError) as info:
+            mysql.connector.connect(host=proxy.host, port=proxy.port, user="app", password="app",
+                                    database="demo", use_pure=True)
+        assert info.value.errno == 1429 and info.value.sqlstate == "08S01" and expected in info.value.msg
+
+        # On the wire: the ERR answers the command as its first packet (sequence id 1), and
+        # the session lives on for what the proxy answers itself.
+        c = RawClient(proxy)
+        c.login()
+        err = c.expect_error(bytes((COM_QUERY,)) + b"SELECT 1")
+        assert (err.code, err.sqlstate, c.seq) == (1429, "08S01", 1) and expected in err.message
+        assert c.query("SHOW DATABASES") == [[b"demo"]]
+        c.close()
+        assert proxy.alive()
+        assert_no_tracebacks(proxy)
+
+
+def test_err_packet_never_carries_a_client_library_code() -> None:
+    for code in (2003, 2013, 2027, 5001):
+        err = parse_err(err_packet(code, "08S01", "data source 'ds_0' is gone"))
+        assert (err.code, err.sqlstate, err.message) == (1105, "08S01", "data source 'ds_0' is gone")
+    assert parse_err(err_packet(1429, "08S01", "x")).code == 1429
 
 
 # ---------------------------------------------------------------------------------------

@@ -397,6 +397,77 @@ def test_prepared_statements_route_by_bound_values(env, sandbox):
     assert (300, 9, "ps-prod", None) in dump(sandbox, "sh_1", "sh_order_0")
 
 
+def text_fields(cur, sql: str) -> tuple[list[tuple], list[tuple]]:
+    """Rows and column definitions (schema, table, org_table, name, org_name) of a text query."""
+    cur.execute(sql)
+    rows = [tuple(r) for r in cur.fetchall()]
+    # PyMySQL keeps the column definitions there (the schema as bytes)
+    return rows, [(f.db.decode(), f.table_name, f.org_table, f.name, f.org_name) for f in cur._result.fields]
+
+
+def prepared_fields(proxy, database: str, sql: str, value: int) -> tuple[list[tuple], list[tuple]]:
+    """Column definitions of a COM_STMT_PREPARE answer and of one COM_STMT_EXECUTE's result
+    (one BIGINT parameter), through a raw protocol client: drivers do not show them."""
+    import asyncio
+
+    from dbmesh.backend.connection import BackendConnection
+    from dbmesh.protocol.constants import Command
+    from dbmesh.protocol.packets import parse_column_definition, read_lenenc_int
+    from dbmesh.protocol.scanner import ResponseKind
+
+    def described(payloads: list[bytes]) -> list[tuple]:
+        return [(f.schema, f.table, f.org_table, f.name, f.org_name) for f in map(parse_column_definition, payloads)]
+
+    async def run_it() -> tuple[list[tuple], list[tuple]]:
+        conn = BackendConnection("proxy", proxy.host, proxy.port, 0)
+        await conn.connect("app", "app", database, 10)
+        try:
+            payloads, scanner = await conn.collect(bytes((Command.STMT_PREPARE,)) + sql.encode(), ResponseKind.PREPARE)
+            assert scanner.error is None, scanner.error
+            first = 1 + scanner.num_params + (1 if scanner.num_params else 0)
+            prepared = described(payloads[first:first + scanner.num_columns])
+            execute = (bytes((Command.STMT_EXECUTE,)) + scanner.stmt_id.to_bytes(4, "little") + b"\x00"
+                       + (1).to_bytes(4, "little") + b"\x00\x01" + b"\x08\x00" + value.to_bytes(8, "little"))
+            payloads, scanner = await conn.collect(execute, ResponseKind.RESULT)
+            assert scanner.error is None, scanner.error
+            count = read_lenenc_int(payloads[0], 0)[0]
+            return prepared, described(payloads[1:1 + count])
+        finally:
+            conn.close()
+
+    return asyncio.run(run_it())
+
+
+def test_pass_through_shadow_results_name_the_clients_table(env, sandbox):
+    """A shadow read on a pass-through database describes its columns as the production read
+    would (table sh_acct, production's schema), not as the shadow table it ran on."""
+    proxy, _ = env
+    for database, shadow_ds, shadow in (("shd_tbl", "pt_main", "sh_acct_shadow"), ("shd_ds", "pt_shadow", "sh_acct")):
+        run(sandbox, *PLACES[shadow_ds], f"DELETE FROM {shadow} WHERE id = 900",
+            f"INSERT INTO {shadow} (id, user_id, note) VALUES (900, 7, 'in-shadow')")
+        with connect(proxy, database) as conn, conn.cursor() as cur:
+            _, production = text_fields(cur, "SELECT id, note FROM sh_acct WHERE id = 900")
+            _, production_aliased = text_fields(cur, "SELECT a.id, a.note FROM sh_acct a WHERE a.id = 900")
+            schema = PLACES["pt_main" if database == "shd_tbl" else "pt_prod"][1]
+            assert production == [(schema, "sh_acct", "sh_acct", "id", "id"),
+                                  (schema, "sh_acct", "sh_acct", "note", "note")], production
+            # By a column rule, by the hint, with an alias: the shadow row, production's names.
+            for sql, expected in (("SELECT id, note FROM sh_acct WHERE user_id = 7 AND id = 900", production),
+                                  ("/* dbmesh:shadow */ SELECT id, note FROM sh_acct WHERE id = 900", production),
+                                  ("SELECT a.id, a.note FROM sh_acct a WHERE a.user_id = 7 AND a.id = 900",
+                                   production_aliased)):
+                rows, fields = text_fields(cur, sql)
+                assert rows == [(900, "in-shadow")], (database, sql)
+                assert fields == expected, (database, sql)
+        # Prepared: the PREPARE answer comes from production; the shadow execute's result
+        # must describe the same columns.
+        sql = "SELECT id, note FROM sh_acct WHERE user_id = 7 AND id = ?"
+        prepared, executed = prepared_fields(proxy, database, sql, 900)
+        assert prepared == executed == [(schema, "sh_acct", "sh_acct", "id", "id"),
+                                        (schema, "sh_acct", "sh_acct", "note", "note")], (database, executed)
+        run(sandbox, *PLACES[shadow_ds], f"DELETE FROM {shadow} WHERE id = 900")
+
+
 MARKS = {  # how a statement is made shadow traffic: (prefix, user_id, note, extra WHERE)
     "hint": ("/* dbmesh:shadow */ ", 1, "h", ""),
     "session": ("", 1, "s", ""),
@@ -481,6 +552,51 @@ def test_ddl_is_applied_to_shadows(env, sandbox):
             for j in (0, 1):
                 assert show_create(sandbox, f"sh_{i}_shadow", f"sh_order_{j}_shadow") == \
                     show_create(sandbox, f"sh_{i}", f"sh_order_{j}")
+
+
+def index_names(sandbox, ds: str, table: str) -> set[str]:
+    server, database = PLACES[ds]
+    return {row[2] for row in run(sandbox, server, database, f"SHOW INDEX FROM {table}")}
+
+
+def test_sharded_index_ddl_reaches_every_actual_table_and_shadow(env, sandbox):
+    """CREATE INDEX and DROP INDEX on a sharded table run on every actual table and on every
+    shadow of one (shadow data sources, or shadows beside production); without shadow rules
+    only production changes."""
+    proxy, _ = env
+    order = [(f"sh_{i}", f"sh_order_{j}") for i in (0, 1) for j in (0, 1)]
+    order_shadows = [(f"{ds}_shadow", f"{table}_shadow") for ds, table in order]
+    pay = [(f"sh_{i}", f"sh_pay_{j}") for i in (0, 1) for j in (0, 1)]
+    pay_shadows = [(ds, f"{table}_shadow") for ds, table in pay]
+
+    def has_index(tables: list[tuple[str, str]], name: str) -> list[bool]:
+        return [name in index_names(sandbox, ds, table) for ds, table in tables]
+
+    with connect(proxy, "shd_shard") as conn, conn.cursor() as cur:
+        cur.execute("CREATE INDEX by_note ON sh_order (note)")
+        assert has_index(order + order_shadows, "by_note") == [True] * 8
+        cur.execute("PREVIEW DROP INDEX by_note ON sh_order")
+        assert sorted(cur.fetchall()) == sorted([(ds, f"DROP INDEX by_note ON {t}") for ds, t in order + order_shadows])
+        cur.execute("DROP INDEX by_note ON sh_order")
+        assert has_index(order + order_shadows, "by_note") == [False] * 8
+        # A shadow that drifted (its index already gone): the client learns they differ.
+        cur.execute("CREATE INDEX by_note ON sh_order (note)")
+        run(sandbox, "ds_1", "shd_sh0_shadow", "DROP INDEX by_note ON sh_order_1_shadow")
+        with pytest.raises(pymysql.err.MySQLError) as info:
+            cur.execute("DROP INDEX by_note ON sh_order")
+        message = info.value.args[1]
+        assert "ran on production but not on every shadow" in message and "by_note" in message, message
+        assert has_index(order + order_shadows, "by_note") == [False] * 8
+    with connect(proxy, "shd_shard_tbl") as conn, conn.cursor() as cur:
+        cur.execute("CREATE INDEX by_user ON sh_pay (user_id)")
+        assert has_index(pay + pay_shadows, "by_user") == [True] * 8
+        cur.execute("DROP INDEX IF EXISTS by_user ON sh_pay")
+        assert has_index(pay + pay_shadows, "by_user") == [False] * 8
+    with connect(proxy, "shd_shard_plain") as conn, conn.cursor() as cur:  # the same tables, no shadow rules
+        cur.execute("CREATE INDEX by_user ON sh_pay (user_id)")
+        assert has_index(pay + pay_shadows, "by_user") == [True] * 4 + [False] * 4
+        cur.execute("DROP INDEX by_user ON sh_pay")
+        assert has_index(pay + pay_shadows, "by_user") == [False] * 8
 
 
 def test_ddl_reports_an_unreachable_shadow(env, sandbox, tmp_path):  # env: the schema

@@ -179,6 +179,7 @@ def test_ddl_follows_to_shadows():
     assert ddl("CREATE VIEW v AS SELECT * FROM acct") == []
     assert ddl("CREATE INDEX i ON acct (x)") == [("p", "CREATE INDEX i ON acct_shadow(x)")]
     assert ddl("DROP INDEX i ON acct") == [("p", "DROP INDEX i ON acct_shadow")]
+    assert ddl("DROP INDEX acct ON acct") == [("p", "DROP INDEX acct ON acct_shadow")]  # the index keeps its name
     assert ddl("CREATE TABLE IF NOT EXISTS log LIKE acct") == [("p", "CREATE TABLE IF NOT EXISTS log_shadow LIKE "
                                                                       "acct_shadow")]
     with pytest.raises(ShadowError, match="renaming"):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .. import metrics
+from ..errors import ER_NOT_SUPPORTED_AUTH_MODE
 from ..protocol.auth import CACHING_SHA2_PLUGIN, NATIVE_PLUGIN, caching_sha2_response, native_response
 from ..protocol.constants import (
     COLLATION_UTF8MB4_GENERAL_CI,
@@ -190,7 +191,7 @@ class BackendConnection:
             elif first == 0x01 and reply[1:2] == b"\x03":  # caching_sha2 fast auth passed
                 continue
             else:
-                raise BackendError(ErrInfo(2059, "HY000",
+                raise BackendError(ErrInfo(ER_NOT_SUPPORTED_AUTH_MODE, "08004",
                                            f"authentication plugin step {reply[:2]!r} of {plugin} "
                                            "is not supported by the sidecar; use mysql_native_password"))
 
@@ -200,7 +201,8 @@ class BackendConnection:
             return native_response(password, scramble)
         if plugin == CACHING_SHA2_PLUGIN:
             return caching_sha2_response(password, scramble)
-        raise BackendError(ErrInfo(2059, "HY000", f"authentication plugin {plugin!r} is not supported"))
+        raise BackendError(ErrInfo(ER_NOT_SUPPORTED_AUTH_MODE, "08004",
+                                   f"authentication plugin {plugin!r} is not supported"))
 
     # -- commands --------------------------------------------------------------------------
 
@@ -233,6 +235,7 @@ class BackendConnection:
                 # stays usable (uvloop raises on writes to a closed transport).
                 if out is not None and not out.is_closing():
                     sink.write(data if used == len(data) else data[:used])
+                    self.response_started = True
                     if out.get_write_buffer_size() > 1 << 20:
                         try:
                             await sink.drain()
@@ -241,6 +244,11 @@ class BackendConnection:
         except (ConnectionError, OSError, MalformedPacket):
             self.broken = True
             self._count_error()
+            if self.response_started:
+                # The client holds part of a response, perhaps half a packet: nothing can follow
+                # it well-formed (an ERR would be read as row bytes), so end the client's
+                # connection; its driver reports a lost connection.
+                out.close()
             raise
         except BaseException:
             # Cancelled mid-response: the stream position is unknown, never reuse it.

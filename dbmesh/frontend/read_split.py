@@ -63,7 +63,7 @@ class ReadSplitting:
                 return named
         replica = replicas.choose()
         if replica is None and not rw.fallback_to_primary:
-            raise ProxyError(errors.CR_CONN_HOST_ERROR, "HY000",
+            raise ProxyError(errors.ER_CONNECT_TO_FOREIGN_DATA_SOURCE, errors.SQLSTATE_LINK_FAILURE,
                              f"no healthy replica of data source '{replicas.data_source}' for a read, and "
                              "fallback_to_primary is off")
         return replica
@@ -93,7 +93,7 @@ class ReadSplitting:
             replica.pool.release(conn)
             replicas.mark_down(replica, str(exc))
             if conn.response_started:
-                raise ProxyError(errors.CR_SERVER_LOST, "HY000",
+                raise ProxyError(errors.ER_QUERY_ON_FOREIGN_DATA_SOURCE, errors.SQLSTATE_LINK_FAILURE,
                                  f"Lost replica '{replica.name}' of data source '{replicas.data_source}' "
                                  "during a read") from exc
             return False

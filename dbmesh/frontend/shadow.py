@@ -23,7 +23,8 @@ import dataclasses
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from sqlglot import exp
@@ -38,6 +39,7 @@ from ..backend.connection import BackendConnection, BackendError
 from ..errors import ProxyError
 from ..mirror import Job, Mirror, Tee
 from ..protocol.binary import decode_params
+from ..protocol.coldefs import logical_sink
 from ..protocol.constants import Command
 from ..protocol.packets import ErrInfo, MalformedPacket
 from ..protocol.scanner import ResponseKind
@@ -261,13 +263,29 @@ class ShadowSession:
         sql = render(renamed) if renamed is not None else text
         shadow_payload = bytes((Command.QUERY,)) + sql.encode("utf-8", "surrogateescape")
         if target == ds:
-            await self.session.relay_statement(shadow_payload, statement)
+            with self._logical_names(target):
+                await self.session.relay_statement(shadow_payload, statement)
         else:
             if statement.pin_reason:
                 raise ShadowError(f"{statement.pin_reason} in a shadow statement is not supported when the "
                                   f"shadow lives on another data source ('{target}')")
             await self._relay_on_shadow_source(target, shadow_payload)
         return True
+
+    @contextmanager
+    def _logical_names(self, target: str) -> Iterator[None]:
+        """While a shadow result of ``target`` is relayed, its column definitions name the
+        table the client asked for, not the shadow (the sharded path does the same)."""
+        s = self.session
+        sink = logical_sink(s.writer, s.config, s.database, target)
+        if sink is s.writer:
+            yield  # the shadow has production's names: nothing to rewrite
+            return
+        writer, s.writer = s.writer, sink
+        try:
+            yield
+        finally:
+            s.writer = writer
 
     # -- pass-through: a shadow data source -----------------------------------------------------
 
@@ -302,7 +320,8 @@ class ShadowSession:
     async def _relay_on_shadow_source(self, target: str, payload: bytes) -> None:
         conn = await self._shadow_connection(target)
         try:
-            await conn.relay(payload, ResponseKind.RESULT, self.session.writer)
+            with self._logical_names(target):
+                await conn.relay(payload, ResponseKind.RESULT, self.session.writer)
         except (ConnectionError, OSError, MalformedPacket) as exc:
             raise self._lost(exc) from exc
         self._release(force=False)
@@ -532,7 +551,8 @@ class ShadowSession:
         give_back = (lambda: s._return_held(force=False)) if on_session else (lambda: self._release(force=False))
         try:
             # No server-side cursor: the rows come at once.
-            scanner = await s.relay_execute(conn, shadow_stmt, payload, cursor=False)
+            with self._logical_names(target):
+                scanner = await s.relay_execute(conn, shadow_stmt, payload, cursor=False)
         except (ConnectionError, OSError, MalformedPacket) as exc:
             if on_session:
                 s._backend_failed(conn, exc)

@@ -295,8 +295,8 @@ class ShardedExecutor:
             await asyncio.gather(*(run_source(ds, ix) for ds, ix in by_source.items()))
         except (ConnectionError, OSError) as exc:
             self.release(force=True)
-            raise ProxyError(errors.CR_SERVER_LOST, "HY000", "Lost connection to a data source during a "
-                                                             f"sharded statement: {exc}") from exc
+            raise ProxyError(errors.ER_QUERY_ON_FOREIGN_DATA_SOURCE, errors.SQLSTATE_LINK_FAILURE,
+                             f"Lost connection to a data source during a sharded statement: {exc}") from exc
         return results
 
     async def _write(self, plan: planner.Plan) -> None:

@@ -198,6 +198,6 @@ def _client_errors() -> Iterator[None]:
         raise ProxyError(errors.ER_UNKNOWN_ERROR, "HY000", f"BASE transaction: the statement was rolled back "
                                                            f"because its undo images could not be taken: {exc}") from exc
     except (ConnectionError, OSError) as exc:
-        raise ProxyError(errors.CR_SERVER_LOST, "HY000", f"Lost connection to a data source in a BASE transaction "
-                                                         f"({exc}); what it committed is undone by ROLLBACK or by "
-                                                         "recovery") from exc
+        raise ProxyError(errors.ER_QUERY_ON_FOREIGN_DATA_SOURCE, errors.SQLSTATE_LINK_FAILURE,
+                         f"Lost connection to a data source in a BASE transaction ({exc}); what it committed is "
+                         "undone by ROLLBACK or by recovery") from exc

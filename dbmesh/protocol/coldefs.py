@@ -1,8 +1,9 @@
-"""Column definitions of sharded results name the logical database and table.
+"""Column definitions of sharded and shadow results name the logical database and table.
 
 A backend describes its columns with physical names: database ``shop_ds_0``, table
 ``t_order_1`` (or its shadow, ``t_order_1_shadow``). Clients and ORMs expect what they
-queried, ``shop``.``t_order``, as ShardingSphere answers. ``Renamer`` rewrites the schema,
+queried, ``shop``.``t_order``, as ShardingSphere answers. On a pass-through database only
+shadow results are renamed (``acct_shadow`` -> ``acct``). ``Renamer`` rewrites the schema,
 table and org_table fields of column-definition payloads; ``RenamingSink`` does it for a
 raw relay: it holds back only the column definitions at the head of a result set, and
 once they are written every later byte (the rows) passes straight through.
@@ -17,7 +18,7 @@ from .constants import ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER
 from .packets import frame, lenenc_str, read_lenenc_int, read_lenenc_str
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config import Config, LogicalDatabaseConfig
 
 
 class Renamer:
@@ -49,8 +50,9 @@ class Renamer:
 
 
 def renamer_for(config: Config, database: str, data_source: str) -> Renamer | None:
-    """The renamer for results of ``data_source`` in sharded ``database``; None when its
-    physical names are the logical ones (then nothing needs rewriting)."""
+    """The renamer for results of ``data_source`` in ``database`` (sharded, or a pass-through's
+    shadow data source); None when its physical names are the logical ones (then nothing
+    needs rewriting)."""
     key = (id(config), database)
     found = _CACHE.get(key)
     if found is None or found[0] is not config:
@@ -64,6 +66,8 @@ _CACHE: dict[tuple[int, str], tuple[Config, dict[str, Renamer]]] = {}
 def _renamers(config: Config, database: str) -> dict[str, Renamer]:
     ldb = config.databases[database]
     rules = ldb.sharding
+    if rules is None:
+        return _pass_through_renamers(config, ldb)
     tables: dict[str, dict[bytes, bytes]] = {}
     for logical in rules.tables:
         for node in rules.data_nodes(logical):
@@ -81,6 +85,33 @@ def _renamers(config: Config, database: str) -> dict[str, Renamer]:
         if schemas or renames:
             out[ds] = Renamer(schemas, renames)
     return out
+
+
+def _pass_through_renamers(config: Config, ldb: LogicalDatabaseConfig) -> dict[str, Renamer]:
+    """A pass-through database renames only the results of its shadows, to what production's
+    table would show: the client's table name, and production's physical schema (production
+    results are relayed untouched, so that is what they carry)."""
+    rules = ldb.shadow
+    if rules is None:
+        return {}
+    production = config.data_sources[ldb.data_source]
+    target = rules.shadow_data_source(ldb.data_source)
+    physical = config.data_sources[target].database
+    schemas = {}
+    if physical and production.database and physical.lower() != production.database.lower():
+        schemas[physical.lower().encode()] = production.database.encode()
+    tables = {shadow.lower().encode(): _production_name(rules.table_name, shadow).encode()
+              for (_, table), shadow in rules.nodes.items() if shadow.lower() != table}
+    return {target: Renamer(schemas, tables)} if schemas or tables else {}
+
+
+def _production_name(pattern: str, shadow: str) -> str:
+    """The table a shadow name was made from by ``pattern`` ("{table}_shadow"), in the case
+    the configuration spells it (the rules keep only a lower-case key)."""
+    count = pattern.count("{table}")
+    length = (len(shadow) - len(pattern) + count * len("{table}")) // count
+    start = pattern.index("{table}")
+    return shadow[start:start + length]
 
 
 class RenamingSink:

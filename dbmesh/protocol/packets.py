@@ -104,7 +104,19 @@ def eof_packet(status: int = ServerStatus.AUTOCOMMIT, warnings: int = 0) -> byte
     return bytes((EOF_HEADER,)) + _u16.pack(warnings) + _u16.pack(status)
 
 
+_ER_UNKNOWN_ERROR = 1105
+
+
+def client_only_code(code: int) -> bool:
+    """Codes only a client library assigns (CR_* 2000-2999, Connector/C CER_* 5000-5999).
+    libmariadb 3.3.9+ (CONC-648) takes a server ERR carrying one for a forged packet and
+    reports "Received malformed packet" instead of the message."""
+    return 2000 <= code < 3000 or 5000 <= code < 6000
+
+
 def err_packet(code: int, sqlstate: str, message: str) -> bytes:
+    if client_only_code(code):
+        code = _ER_UNKNOWN_ERROR  # the message still says what went wrong
     return (bytes((ERR_HEADER,)) + _u16.pack(code) + b"#" + sqlstate.encode("ascii")[:5].ljust(5, b"0")
             + message.encode("utf-8", "replace"))
 
