@@ -15,10 +15,16 @@ from pathlib import Path
 import pymysql
 import pytest
 import yaml
+from hypothesis import settings
 
 from dbmesh import sandbox as sandbox_mod
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property tests check answers, never speed: no per-example deadline (a loaded CI machine
+# would fail them for being slow).
+settings.register_profile("dbmesh", deadline=None)
+settings.load_profile("dbmesh")
 
 
 def free_port() -> int:
