@@ -59,14 +59,14 @@ def label(mode: str, isolation: str | None) -> str:
 
 
 def bank_config(box) -> dict:
-    data_sources = {name: cluster._data_source(box, name, cluster.SHARDED_DB) for name in ("ds_0", "ds_1")}
+    data_sources = {name: cluster.data_source_config(box, name, cluster.SHARDED_DB) for name in ("ds_0", "ds_1")}
     rules = {
         "data_sources": ["ds_0", "ds_1"],
         "tables": {"account": {"actual_data_nodes": "ds_${0..1}.account",
                                "database_strategy": {"columns": ["id"], "algorithm": "two"}}},
         "algorithms": {"two": {"type": "MOD", "props": {"sharding_count": 2}}},
     }
-    config = cluster._proxy_config(data_sources, {"sharding": rules})
+    config = cluster.proxy_config(data_sources, {"sharding": rules})
     config["databases"] = {"bank": config["databases"].pop(cluster.LOGICAL_DB)}
     return config
 

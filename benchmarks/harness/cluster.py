@@ -137,13 +137,13 @@ def row_counts(box: sandbox_mod.Sandbox) -> dict[str, int]:
 # dbmesh configs (``listen`` is filled in by services.start_dbmesh)
 
 
-def _data_source(box: sandbox_mod.Sandbox, shard: str, database: str) -> dict[str, Any]:
+def data_source_config(box: sandbox_mod.Sandbox, shard: str, database: str) -> dict[str, Any]:
     info = box.info().shard(shard)
     return {"host": info.host, "port": info.port, "user": sandbox_mod.APP_USER,
             "password": sandbox_mod.APP_PASSWORD, "database": database}
 
 
-def _proxy_config(data_sources: dict[str, Any], database: dict[str, Any]) -> dict[str, Any]:
+def proxy_config(data_sources: dict[str, Any], database: dict[str, Any]) -> dict[str, Any]:
     return {
         "users": [{"name": PROXY_USER, "password": PROXY_PASSWORD, "databases": ["*"]}],
         "default_data_source": "ds_0",
@@ -154,7 +154,7 @@ def _proxy_config(data_sources: dict[str, Any], database: dict[str, Any]) -> dic
 
 def passthrough_config(box: sandbox_mod.Sandbox) -> dict[str, Any]:
     """Logical ``sbtest`` passed through to ``ds_0.sbtest``; pool settings are the defaults."""
-    return _proxy_config({"ds_0": _data_source(box, "ds_0", DIRECT_DB)}, {"data_source": "ds_0"})
+    return proxy_config({"ds_0": data_source_config(box, "ds_0", DIRECT_DB)}, {"data_source": "ds_0"})
 
 
 def sharding_rules() -> dict[str, Any]:
@@ -173,5 +173,5 @@ def sharding_rules() -> dict[str, Any]:
 
 
 def sharded_config(box: sandbox_mod.Sandbox) -> dict[str, Any]:
-    data_sources = {name: _data_source(box, name, SHARDED_DB) for name in ("ds_0", "ds_1")}
-    return _proxy_config(data_sources, {"sharding": sharding_rules()})
+    data_sources = {name: data_source_config(box, name, SHARDED_DB) for name in ("ds_0", "ds_1")}
+    return proxy_config(data_sources, {"sharding": sharding_rules()})
