@@ -27,6 +27,18 @@ settings.register_profile("dbmesh", deadline=None)
 settings.load_profile("dbmesh")
 
 
+def shop_rules_offline():
+    """The sandbox's `shop` sharding rules over two data sources, parsed without servers
+    (for planner tests)."""
+    from dbmesh.config import parse_config
+
+    config = {"users": [{"name": "a", "password": "b"}],
+              "data_sources": {d: {"host": "h", "port": 1, "user": "u", "password": "p", "database": d}
+                               for d in ("ds_0", "ds_1")},
+              "databases": {"shop": {"sharding": sandbox_mod.shop_sharding_rules(["ds_0", "ds_1"])}}}
+    return parse_config(config).databases["shop"].sharding
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

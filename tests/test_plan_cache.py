@@ -6,19 +6,14 @@ from __future__ import annotations
 import pytest
 import sqlglot
 
-from dbmesh.config import parse_config
-from dbmesh.sandbox import shop_sharding_rules
+from conftest import shop_rules_offline
 from sharding import planner
 from sharding.plan_cache import PlanCache, normalise
 
 
 @pytest.fixture(scope="module")
 def rules():
-    config = {"users": [{"name": "a", "password": "b"}],
-              "data_sources": {d: {"host": "h", "port": 1, "user": "u", "password": "p", "database": d}
-                               for d in ("ds_0", "ds_1")},
-              "databases": {"shop": {"sharding": shop_sharding_rules(["ds_0", "ds_1"])}}}
-    return parse_config(config).databases["shop"].sharding
+    return shop_rules_offline()
 
 
 STATEMENTS = [
