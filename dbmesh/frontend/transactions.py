@@ -13,6 +13,7 @@ from txn.snapshot import SnapshotError, UnsupportedStatement
 
 from .. import errors, metrics
 from ..backend.connection import BackendConnection, BackendError, QueryResult
+from ..config import BASE_ISOLATIONS
 from ..errors import ProxyError
 from ..protocol.constants import Capability
 from . import base_mode
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from .session import Session
 
 MODES = ("LOCAL", "XA", "BASE")
-ISOLATIONS = ("none", "version", "record_lock")
+ISOLATIONS = BASE_ISOLATIONS
 
 
 class GlobalTransaction:
@@ -46,10 +47,6 @@ class GlobalTransaction:
     def set_isolation(self, value: str) -> None:
         self.isolation_override = _setting("dbmesh_base_isolation", value, ISOLATIONS)
 
-    def _config(self):
-        s = self.session
-        return s.config.databases[s.database].transaction
-
     def begin(self, start_sql: str = "START TRANSACTION") -> None:
         self.start_sql = start_sql
         mode = self.mode
@@ -58,7 +55,7 @@ class GlobalTransaction:
 
     def _new_base(self) -> BaseTransaction:
         s = self.session
-        config = self._config()
+        config = s.config.databases[s.database].transaction
         backends = base_mode.backends(s.server, self._log_data_source(), branch=s.sharded.connection,
                                       database=s.database or "")
         base = BaseTransaction(backends, s.server.base.xid_instance, self.isolation_override or config.base_isolation,
