@@ -97,6 +97,85 @@ def split_payloads(raw: bytes) -> list[bytes]:
     return payloads
 
 
+_DRAIN = object()  # relay future result: the client's buffer is full, drain it
+
+
+class _BackendProtocol(asyncio.StreamReaderProtocol):
+    """A StreamReaderProtocol that, while a relay runs, hands the backend's bytes straight
+    to it from ``data_received`` (no StreamReader buffer, no read() coroutine per chunk).
+    Outside a relay (login, the sidecar's own queries) it behaves as a plain stream."""
+
+    def __init__(self, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop):
+        super().__init__(reader, loop=loop)
+        self.relay: _Relay | None = None
+
+    def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is None:
+            super().data_received(data)
+            return
+        rest = relay.feed(data)
+        if rest:  # bytes after the response's end: leave them to the stream (see closed_while_idle)
+            super().data_received(rest)
+
+    def eof_received(self) -> bool:
+        relay = self.relay
+        if relay is not None:
+            relay.fail(ConnectionClosed("backend closed the connection"))
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        relay = self.relay
+        if relay is not None:
+            relay.fail(exc if isinstance(exc, OSError) else ConnectionClosed("backend closed the connection"))
+        super().connection_lost(exc)
+
+
+class _Relay:
+    """One command's response on its way from a backend to a client sink."""
+
+    __slots__ = ("scanner", "sink", "out", "future", "transport", "started")
+
+    def __init__(self, scanner: ResponseScanner, sink, transport: asyncio.Transport,
+                 future: asyncio.Future):
+        self.scanner = scanner
+        self.sink = sink
+        # The sink may be a mirror.Tee or a coldefs.RenamingSink standing in for the client's
+        # writer: write through it, look at the transport only for its state.
+        self.out = sink.transport if sink is not None else None
+        self.transport = transport
+        self.future = future
+        self.started = False  # part of the response went to the client
+
+    def feed(self, data: bytes) -> bytes:
+        future = self.future
+        if future.done():  # failed already (or finished): the stream position is unknown
+            return b""
+        try:
+            scanner = self.scanner
+            used = scanner.feed(data)
+            out = self.out
+            # A client gone mid-response: read the rest and drop it, so this connection
+            # stays usable (uvloop raises on writes to a closed transport).
+            if out is not None and not out.is_closing():
+                self.sink.write(data if used == len(data) else data[:used])
+                self.started = True
+                if not scanner.done and out.get_write_buffer_size() > 1 << 20:
+                    self.transport.pause_reading()
+                    future.set_result(_DRAIN)
+                    return b""
+            if scanner.done:
+                future.set_result(None)
+                return data[used:] if used < len(data) else b""
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting relay()
+            future.set_exception(exc)
+        return b""
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
 class BackendConnection:
     """One connection to a backend server, owned by a pool or held by a session."""
 
@@ -113,6 +192,7 @@ class BackendConnection:
         self.deprecate_eof = bool(capabilities & Capability.DEPRECATE_EOF)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self._protocol: _BackendProtocol | None = None
         self.thread_id = 0
         self.server_version = ""
         self.broken = False
@@ -132,14 +212,22 @@ class BackendConnection:
     # -- connecting ----------------------------------------------------------------------
 
     async def connect(self, user: str, password: str, database: str | None, timeout: float) -> None:
-        self.reader, self.writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port), timeout)
+        self.reader, self.writer = await asyncio.wait_for(self._open(), timeout)
         try:
             await asyncio.wait_for(self._handshake(user, password, database), timeout)
         except BaseException:
             self.close()
             raise
         self.database = database
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # asyncio.open_connection() with our protocol in place of StreamReaderProtocol.
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        transport, protocol = await loop.create_connection(
+            lambda: _BackendProtocol(reader, loop), self.host, self.port)
+        self._protocol = protocol
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def _handshake(self, user: str, password: str, database: str | None) -> None:
         packets = PacketReader(self.reader)
@@ -220,27 +308,34 @@ class BackendConnection:
         self._count_statement()
         scanner = ResponseScanner(kind, self.deprecate_eof)
         self.response_started = False
+        protocol = self._protocol
+        transport = self.writer.transport
         try:
             self.send(payload)
-            read = self.reader.read
-            # The sink may be a mirror.Tee standing in for the client's writer: write through
-            # it, look at the transport only for its state.
-            out = sink.transport if sink is not None else None
-            while not scanner.done:
-                data = await read(_READ_CHUNK)
-                if not data:
-                    raise ConnectionClosed("backend closed the connection")
-                used = scanner.feed(data)
-                # A client gone mid-response: read the rest and drop it, so this connection
-                # stays usable (uvloop raises on writes to a closed transport).
-                if out is not None and not out.is_closing():
-                    sink.write(data if used == len(data) else data[:used])
-                    self.response_started = True
-                    if out.get_write_buffer_size() > 1 << 20:
-                        try:
-                            await sink.drain()
-                        except (ConnectionError, OSError):
-                            pass  # the client's fault, not the backend's
+            if transport.is_closing():
+                raise ConnectionClosed("backend closed the connection")
+            future = asyncio.get_running_loop().create_future()
+            relay = protocol.relay = _Relay(scanner, sink, transport, future)
+            try:
+                reader = self.reader
+                if reader._buffer or reader._eof:  # StreamReader has no public look at these
+                    # Bytes (or the end) that came before the command: the relay sees them first.
+                    pending = bytes(reader._buffer)
+                    reader._buffer.clear()
+                    if pending:
+                        protocol.data_received(pending)
+                    if reader._eof:
+                        relay.fail(ConnectionClosed("backend closed the connection"))
+                while await future is _DRAIN:
+                    try:
+                        await sink.drain()
+                    except (ConnectionError, OSError):
+                        pass  # the client's fault, not the backend's
+                    future = relay.future = future.get_loop().create_future()
+                    transport.resume_reading()
+            finally:
+                protocol.relay = None
+                self.response_started = relay.started
         except (ConnectionError, OSError, MalformedPacket):
             self.broken = True
             self._count_error()
@@ -248,7 +343,7 @@ class BackendConnection:
                 # The client holds part of a response, perhaps half a packet: nothing can follow
                 # it well-formed (an ERR would be read as row bytes), so end the client's
                 # connection; its driver reports a lost connection.
-                out.close()
+                sink.transport.close()
             raise
         except BaseException:
             # Cancelled mid-response: the stream position is unknown, never reuse it.
