@@ -17,6 +17,7 @@ from ..backend.replicas import ReplicaSet
 from ..config import Config
 from ..errors import ProxyError
 from ..protocol.constants import SERVER_CAPABILITIES, Capability
+from ..protocol.packets import PacketProtocol
 from . import base_mode
 from .session import Session
 
@@ -70,8 +71,13 @@ class Server:
         if not workers:
             await self._recover_transactions()
         listen = self.config.listen
-        self._server = await asyncio.start_server(self._accept, listen.host, self.listen_port,
-                                                  reuse_address=True, backlog=1024, reuse_port=workers or None)
+        loop = asyncio.get_running_loop()
+
+        def client_protocol() -> PacketProtocol:  # asyncio.start_server() with our protocol
+            return PacketProtocol(asyncio.StreamReader(loop=loop), self._accept, loop=loop)
+
+        self._server = await loop.create_server(client_protocol, listen.host, self.listen_port,
+                                                reuse_address=True, backlog=1024, reuse_port=workers or None)
         self._sweeper = asyncio.create_task(self._sweep_idle())
         if base_mode.base_log_sources(self):
             self._base_sweeper = asyncio.create_task(base_mode.sweep_forever(self))

@@ -23,6 +23,7 @@ from ..protocol.packets import (
     Column,
     ConnectionClosed,
     MalformedPacket,
+    PacketProtocol,
     PacketReader,
     eof_packet,
     frame,
@@ -85,7 +86,8 @@ class Session:
         self.config = server.config
         self.reader = reader
         self.writer = writer
-        self.packets = PacketReader(reader)
+        protocol = writer.transport.get_protocol()
+        self.packets = PacketReader(reader, protocol if isinstance(protocol, PacketProtocol) else None)
         self.connection_id = connection_id
         peer = writer.get_extra_info("peername")
         self.client_host = peer[0] if peer else "localhost"
@@ -205,6 +207,7 @@ class Session:
         try:
             if (len(payload) == handshake.SSL_REQUEST_LENGTH and server.ssl_context is not None
                     and handshake.parse_ssl_request(payload) & Capability.SSL):
+                self.packets.protocol = None  # TLS: packets come through the stream
                 await handshake.start_tls(self.writer, server.ssl_context, self.reader)
                 payload = await self.packets.read()
             response = handshake.parse_handshake_response(payload)

@@ -303,16 +303,68 @@ def frame(payload: bytes | memoryview, seq: int) -> tuple[bytes, int]:
     return b"".join(parts), seq
 
 
+class PacketProtocol(asyncio.StreamReaderProtocol):
+    """A StreamReaderProtocol that hands a chunk holding exactly one whole packet straight to
+    a PacketReader waiting for it (the usual client command), without the StreamReader's
+    buffer and readexactly() coroutines. Anything else goes through the stream as before."""
+
+    waiter: asyncio.Future | None = None
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None:
+            super().data_received(data)
+            return
+        self.waiter = None
+        size = len(data)
+        if size >= 4 and size - 4 == (data[0] | data[1] << 8 | data[2] << 16) < MAX_PACKET:
+            if not waiter.done():
+                waiter.set_result(data)
+                return
+        super().data_received(data)
+        if not waiter.done():
+            waiter.set_result(None)  # read it from the stream
+
+    def eof_received(self) -> bool:
+        keep_open = super().eof_received()
+        self._wake()
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class PacketReader:
-    """Reads whole payloads (joining split packets) from a StreamReader."""
+    """Reads whole payloads (joining split packets) from a StreamReader; with ``protocol``
+    (the PacketProtocol feeding that reader) a lone whole packet skips the stream."""
 
-    __slots__ = ("reader", "seq")
+    __slots__ = ("reader", "seq", "protocol")
 
-    def __init__(self, reader: asyncio.StreamReader):
+    def __init__(self, reader: asyncio.StreamReader, protocol: PacketProtocol | None = None):
         self.reader = reader
         self.seq = 0  # sequence id of the last packet read
+        self.protocol = protocol
 
     async def read(self) -> bytes:
+        protocol = self.protocol
+        if protocol is not None:
+            reader = self.reader
+            # StreamReader has no public look at its buffer or end.
+            if not reader._buffer and not reader._eof and reader._exception is None:
+                waiter = protocol.waiter = protocol._loop.create_future()
+                try:
+                    data = await waiter
+                finally:
+                    protocol.waiter = None
+                if data is not None:
+                    self.seq = data[3]
+                    return data[4:]
         try:
             header = await self.reader.readexactly(4)
             length = header[0] | header[1] << 8 | header[2] << 16
