@@ -740,7 +740,7 @@ class Session:
 
     async def execute_prepared(self, stmt: ClientStatement, payload: bytes) -> None:
         """The pass-through COM_STMT_EXECUTE on the session's backend connection."""
-        conn = await self.borrow()
+        conn = self._borrow_now() or await self.borrow()
         try:
             scanner = await self.relay_execute(conn, stmt, payload)
             if scanner is None:
@@ -761,9 +761,14 @@ class Session:
         """Execute ``stmt`` on ``conn`` (preparing it there first if needed) with the client's
         parameters and relay the result; None when the prepare failed (its error was sent).
         Without ``cursor`` the rows come at once even if the client asked for a cursor."""
-        backend = await self._ensure_prepared(conn, stmt)
-        if backend is None:
-            return None
+        key = (conn.database, stmt.sql)
+        backend = conn.prepared.get(key)
+        if backend is not None:  # the usual case, without _ensure_prepared's coroutine
+            conn.prepared.move_to_end(key)
+        else:
+            backend = await self._ensure_prepared(conn, stmt)
+            if backend is None:
+                return None
         packet = self._execute_packet(payload, stmt, backend.stmt_id)
         if not cursor:
             packet = packet[:5] + b"\x00" + packet[6:]
