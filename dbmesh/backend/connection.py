@@ -148,8 +148,10 @@ class _Relay:
         self.started = False  # part of the response went to the client
 
     def feed(self, data: bytes) -> bytes:
+        if self.scanner.done:  # after the response, before relay() let go: the stream's bytes
+            return data
         future = self.future
-        if future.done():  # failed already (or finished): the stream position is unknown
+        if future.done():  # failed already: the stream position is unknown
             return b""
         try:
             scanner = self.scanner
