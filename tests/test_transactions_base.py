@@ -364,6 +364,9 @@ def test_session_settings_are_checked(bank):
         with pytest.raises(pymysql.err.MySQLError) as failed:
             cur.execute("CREATE TABLE other (id INT PRIMARY KEY)")
         assert failed.value.args[0] == 1235 and "COMMIT or ROLLBACK first" in failed.value.args[1]
+        with pytest.raises(pymysql.err.MySQLError) as failed:
+            cur.execute("UPDATE missing SET v = 1 WHERE id = 1")  # answered like the server does
+        assert failed.value.args[0] == 1146 and "doesn't exist" in failed.value.args[1]
         conn.rollback()
 
 

@@ -34,6 +34,13 @@ from .snapshot import (
 from .sqltext import Statement
 
 
+class NoSuchTable(SnapshotError):
+    """The statement's table does not exist (answered like the server would: 1146)."""
+
+    def __init__(self, schema: str, table: str):
+        super().__init__(f"Table '{schema}.{table}' doesn't exist")
+
+
 class Result(Protocol):
     rows: list
     affected_rows: int
@@ -139,8 +146,8 @@ async def table_meta(conn: Conn, schema: str, table: str,
         keys = await run(conn, meta_sql.primary_key_sql(schema, table))
         try:
             found = meta_sql.table_meta(table, columns.rows, keys.rows)
-        except LookupError as exc:
-            raise SnapshotError(str(exc)) from exc
+        except LookupError:
+            raise NoSuchTable(schema, table) from None
         cache[key] = found
     return found
 

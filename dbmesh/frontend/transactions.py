@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from txn import xa
+from txn.base_branch import NoSuchTable
 from txn.base_coordinator import ER_ERROR_DURING_ROLLBACK, BaseTransaction, BaseTxnError
 from txn.snapshot import SnapshotError, UnsupportedStatement
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 MODES = ("LOCAL", "XA", "BASE")
 ISOLATIONS = BASE_ISOLATIONS
+ER_NO_SUCH_TABLE = 1146
 
 
 class GlobalTransaction:
@@ -188,6 +190,8 @@ def _client_errors() -> Iterator[None]:
         yield
     except BaseTxnError as exc:
         raise ProxyError(exc.code, exc.sqlstate, exc.message) from exc
+    except NoSuchTable as exc:
+        raise ProxyError(ER_NO_SUCH_TABLE, "42S02", str(exc)) from exc
     except UnsupportedStatement as exc:
         raise ProxyError(errors.ER_NOT_SUPPORTED_YET, "42000", f"{exc}; run it outside a BASE transaction "
                                                                "or use SET dbmesh_transaction_mode = 'XA'") from exc
