@@ -149,6 +149,15 @@ def test_rollback_undoes_every_kind_of_statement(bank, sandbox, isolation):
     assert wait_clean(sandbox) == {}
 
 
+def test_bookkeeping_tables_are_not_listed(bank):
+    with bank.connect(database="bank") as conn, conn.cursor() as cur:
+        conn.begin()
+        transfer(cur, 0, 1, 1)  # the undo log, lock and global tables exist from here on
+        conn.rollback()
+        cur.execute("SHOW TABLES")
+        assert sorted(r[0] for r in cur.fetchall()) == ["account", "item", "nokey"]
+
+
 def test_commit_keeps_changes_and_clears_the_undo_log(bank, sandbox, base_config):
     labels = {"database": "bank", "mode": "BASE", "outcome": "commit"}
     committed = metric(base_config[0], "dbmesh_global_transactions_total", **labels)

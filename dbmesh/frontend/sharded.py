@@ -23,6 +23,7 @@ from sharding import planner
 from sharding.errors import ShardingError
 from sharding.merge import Aggregate, MergePlan, OrderItem, merge, mysql_sort_key
 from sharding.rules import ShardingRuleSet
+from txn import global_lock, global_log, undo_log, xa
 
 from .. import errors
 from ..backend.connection import BackendConnection, BackendError, QueryResult
@@ -42,6 +43,9 @@ log = logging.getLogger("dbmesh.sharded")
 
 ER_SHARDING = 1235  # ER_NOT_SUPPORTED_YET: drivers treat it as a statement error
 _DML_KINDS = ("insert", "update", "delete")
+# The transaction coordinator's own tables on the data sources: not the application's.
+_BOOKKEEPING_TABLES = frozenset({xa.LOG_TABLE, undo_log.UNDO_LOG_TABLE, global_lock.GLOBAL_LOCK_TABLE,
+                                 global_log.GLOBAL_TXN_TABLE})
 ER_LOCK_WAIT_TIMEOUT = 1205
 
 _TXN_START = re.compile(r"^\s*(BEGIN(\s+WORK)?|START\s+TRANSACTION\b.*)\s*;?\s*$", re.I | re.S)
@@ -438,7 +442,7 @@ class ShardedExecutor:
         for ds, result in zip(rules.data_sources, results, strict=True):
             for row in result.rows:
                 actual = row[0].decode()
-                if (ds, actual.lower()) in hidden:
+                if (ds, actual.lower()) in hidden or actual.lower() in _BOOKKEEPING_TABLES:
                     continue
                 logical = rules.logical_table_of(actual)
                 names.setdefault(logical or actual, row[1].decode() if row[1] else "BASE TABLE")
