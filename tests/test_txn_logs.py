@@ -45,8 +45,6 @@ def test_undo_log_statements() -> None:
     assert undo_log.insert_records("x1", 5, 1, [RECORD]).params == undo_log.insert_record("x1", 5, 1, RECORD).params
     with pytest.raises(ValueError, match="header or at least one record"):
         undo_log.insert_records("x1", 5, 1, [])
-    when = dt.datetime(2024, 1, 1)
-    assert undo_log.select_stale(when, 10).params == (when, 10)
     with pytest.raises(ValueError, match="seq must be > 0"):
         undo_log.insert_record("x1", 5, 0, RECORD)
     with pytest.raises(ValueError, match="branch 5 written to branch 6"):

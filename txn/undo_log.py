@@ -8,8 +8,9 @@ vanish with them::
     (xid, branch_id, seq 1)  record 1   rollback_info = UndoRecord.to_json() (UTF-8, ASCII)
     (xid, branch_id, seq n)  record n
 
-Global commit: ``delete_branch`` on each participant (may be lazy; stale rows are found by
-``select_stale``). Global rollback, per branch, in one local transaction:
+Global commit: ``delete_xid`` on each participant (lazily, in batches: ``txn.base_cleanup``;
+the global transaction's row says what a leftover is). Global rollback, per branch, in one
+local transaction:
 
 1. ``select_branch`` (FOR UPDATE) and ``parse_branch``;
 2. no rows: the branch's local transaction never committed — or its COMMIT is still in
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal
 
 from .images import FORMAT_VERSION, UndoFormatError, UndoRecord
@@ -76,7 +76,7 @@ def insert_records(xid: str, branch_id: int, first_seq: int, records: Sequence[U
                    with_header: bool = False) -> Statement:
     """One INSERT of a statement's records (seq ``first_seq``, ``first_seq + 1``, ...), after
     the branch header when it is the branch's first statement: one round trip for all."""
-    rows = [(xid, branch_id, HEADER_SEQ, CONTEXT, b"", LOG_STATUS_NORMAL)] if with_header else []
+    rows = [insert_header(xid, branch_id).params] if with_header else []
     for seq, record in enumerate(records, first_seq):
         rows.append(insert_record(xid, branch_id, seq, record).params)
     if not rows:
@@ -103,13 +103,6 @@ def delete_branch(xid: str, branch_id: int) -> Statement:
 def delete_xid(*xids: str) -> Statement:
     """Every undo row (records, headers, tombstones) of these global transactions."""
     return Statement(f"DELETE FROM {UNDO_LOG_TABLE} WHERE xid IN ({', '.join(['%s'] * len(xids))})", xids)
-
-
-def select_stale(older_than: datetime, limit: int = 100) -> Statement:
-    """Branches with undo rows older than ``older_than``: ``(xid, branch_id)``, for a
-    sweeper that asks the global transaction log what became of them."""
-    return Statement(f"SELECT DISTINCT xid, branch_id FROM {UNDO_LOG_TABLE} WHERE created < %s "
-                     "ORDER BY xid, branch_id LIMIT %s", (older_than, int(limit)))
 
 
 @dataclass(frozen=True)
