@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from sqlglot import exp
 
 from sharding.conditions import PLACEHOLDER_PREFIX
-from sharding.planner import parse_statement
+from sharding.planner import parse_statement, requalify_columns
 
 from .decide import ShadowError, table_refs
 from .rules import ShadowRules
@@ -49,12 +49,7 @@ def rename(tree: exp.Expression, mapping: dict[str, str], own_dbs: Iterable[str]
             unaliased[name] = new
         node.set("this", exp.to_identifier(new))
         node.set("db", None)
-    if unaliased:
-        for column in copy.find_all(exp.Column):
-            qualifier = column.table
-            if qualifier and qualifier.lower() in unaliased:
-                column.set("table", exp.to_identifier(unaliased[qualifier.lower()]))
-                column.set("db", None)
+    requalify_columns(copy, unaliased)
     return copy
 
 

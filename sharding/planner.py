@@ -160,13 +160,20 @@ def _rename(tree: exp.Expression, mapping: dict[str, str], logical_db: str) -> e
             renamed_unaliased[ref.node.name.lower()] = actual
         ref.node.set("this", exp.to_identifier(actual))
         ref.node.set("db", None)
-    if renamed_unaliased:
-        for column in copy.find_all(exp.Column):
-            qualifier = column.table
-            if qualifier and qualifier.lower() in renamed_unaliased:
-                column.set("table", exp.to_identifier(renamed_unaliased[qualifier.lower()]))
-                column.set("db", None)
+    requalify_columns(copy, renamed_unaliased)
     return copy
+
+
+def requalify_columns(tree: exp.Expression, renamed: dict[str, str]) -> None:
+    """Columns qualified by a table renamed without an alias (``t_order.id``) follow it:
+    ``renamed`` maps the old name, lower-cased, to the new one."""
+    if not renamed:
+        return
+    for column in tree.find_all(exp.Column):
+        qualifier = column.table
+        if qualifier and qualifier.lower() in renamed:
+            column.set("table", exp.to_identifier(renamed[qualifier.lower()]))
+            column.set("db", None)
 
 
 # Memos of the trees the plan cache keeps, by id (a tree stays alive while it is cached,
