@@ -50,35 +50,26 @@ def proxy_endpoint(port: int) -> sysbench.Endpoint:
     return sysbench.Endpoint("127.0.0.1", port, PROXY_USER, PROXY_PASSWORD, LOGICAL_DB)
 
 
+def _scalar(box: sandbox_mod.Sandbox, sql: str) -> object:
+    """The one value ``sql`` returns on ds_0."""
+    with box.admin_connect("ds_0") as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchone()[0]
+
+
 def mariadb_version(box: sandbox_mod.Sandbox) -> str:
-    conn = box.admin_connect("ds_0")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT VERSION()")
-            return str(cur.fetchone()[0])
-    finally:
-        conn.close()
+    return str(_scalar(box, "SELECT VERSION()"))
 
 
 def set_lock_wait_timeout(box: sandbox_mod.Sandbox, seconds: int) -> None:
     """``SET GLOBAL innodb_lock_wait_timeout`` on both servers (connections opened later get it)."""
     for shard in ("ds_0", "ds_1"):
-        conn = box.admin_connect(shard)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SET GLOBAL innodb_lock_wait_timeout = %s", (seconds,))
-        finally:
-            conn.close()
+        with box.admin_connect(shard) as conn, conn.cursor() as cur:
+            cur.execute("SET GLOBAL innodb_lock_wait_timeout = %s", (seconds,))
 
 
 def lock_wait_timeout(box: sandbox_mod.Sandbox) -> int:
-    conn = box.admin_connect("ds_0")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT @@GLOBAL.innodb_lock_wait_timeout")
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
+    return int(_scalar(box, "SELECT @@GLOBAL.innodb_lock_wait_timeout"))
 
 
 def load_data(box: sandbox_mod.Sandbox, table_size: int) -> None:
