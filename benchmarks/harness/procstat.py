@@ -8,13 +8,18 @@ from pathlib import Path
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (all its threads), in seconds."""
+def user_and_system_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time the process has used so far (all its threads), in seconds."""
     raw = Path(f"/proc/{pid}/stat").read_text()
     # The command name is parenthesised and may contain spaces: split after the last ')'.
     fields = raw[raw.rindex(")") + 2:].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / _CLOCK_TICKS
+    return utime / _CLOCK_TICKS, stime / _CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (all its threads), in seconds."""
+    return sum(user_and_system_seconds(pid))
 
 
 def rss_bytes(pid: int) -> int:

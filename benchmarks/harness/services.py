@@ -116,16 +116,16 @@ def _spawn(name: str, cmd: list[str], port: int, workdir: Path, env: dict[str, s
         raise
 
 
-def start_dbmesh(name: str, config: dict, workdir: Path, workers: int = 1) -> Service:
+def start_dbmesh(name: str, config: dict, workdir: Path, workers: int = 1, source: Path = ROOT) -> Service:
     """Write ``config`` with a free listen port and serve it with ``python -m dbmesh run``
-    (``workers`` worker processes when more than 1)."""
+    (``workers`` worker processes when more than 1) from the source tree ``source``."""
     port = free_port()
     config = {**config, "listen": {"host": HOST, "port": port}}
     if workers != 1:
         config["server"] = {"workers": workers}
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(source)}
     cmd = [sys.executable, "-m", "dbmesh", "run", "-c", str(config_path)]
     return _spawn(name, cmd, port, workdir, env)
 
