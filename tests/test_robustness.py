@@ -56,6 +56,7 @@ COM_QUIT = 0x01
 COM_INIT_DB = 0x02
 COM_QUERY = 0x03
 COM_FIELD_LIST = 0x04
+COM_PING = 0x0E
 COM_BINLOG_DUMP = 0x12
 COM_CHANGE_USER = 0x11
 COM_STMT_PREPARE = 0x16
@@ -192,7 +193,12 @@ class RawClient:
 
     def query(self, sql: str) -> list[list[bytes | None]]:
         """Run a text query; return its rows (raises ServerError on ERR)."""
-        first = self.command(bytes((COM_QUERY,)) + sql.encode())
+        self.send(bytes((COM_QUERY,)) + sql.encode())
+        return self.read_result()
+
+    def read_result(self) -> list[list[bytes | None]]:
+        """The rows of the next text result set (raises ServerError on ERR)."""
+        first = self.read()
         assert first is not None, "connection closed"
         if first[:1] == b"\xff":
             raise parse_err(first)
@@ -517,6 +523,36 @@ def test_truncated_packets_close_cleanly(rb_proxy: Proxy) -> None:
 
     assert_healthy(rb_proxy)
     assert_no_tracebacks(rb_proxy)
+
+
+def test_pipelined_commands_are_answered_in_order(rb_proxy: Proxy) -> None:
+    """A client that sends its next commands before the answers arrive (pipelining drivers
+    do) gets every answer, in order: commands arriving while one is served wait for it."""
+    with BackgroundTraffic(rb_proxy):
+        c = RawClient(rb_proxy)
+        c.login()
+        stmt_id, _, _ = c.prepare("SELECT ? + 1")
+        frames = []
+        for n in range(40):
+            query = bytes((COM_QUERY,)) + f"SELECT {n}".encode()
+            frames.append(struct.pack("<I", len(query)) + query)
+            execute = execute_packet(stmt_id, [n * 10])
+            frames.append(struct.pack("<I", len(execute)) + execute)
+            if n % 10 == 5:  # a command only the command loop serves, in the middle
+                frames.append(struct.pack("<I", 1) + bytes((COM_PING,)))
+        c.send_raw(b"".join(frames))
+        for n in range(40):
+            assert c.read_result() == [[str(n).encode()]]
+            assert c.read()[:1] == b"\x01"  # one column
+            c.read()  # its definition
+            assert c.read()[:1] == b"\xfe"
+            row = c.read()
+            assert row[0] == 0x00 and struct.unpack_from("<q", row, 2)[0] == n * 10 + 1, (n, row)
+            assert c.read()[:1] == b"\xfe"
+            if n % 10 == 5:
+                assert c.read()[:1] == b"\x00"  # the ping's OK
+        assert c.query("SELECT 6 * 7") == [[b"42"]]
+        c.close()
 
 
 def test_bad_commands_after_login_get_err_and_session_survives(rb_proxy: Proxy) -> None:

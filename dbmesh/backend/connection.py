@@ -11,7 +11,7 @@ import logging
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .. import metrics
@@ -30,7 +30,6 @@ from ..protocol.packets import (
     ConnectionClosed,
     ErrInfo,
     Field,
-    MalformedPacket,
     PacketReader,
     frame,
     lenenc_str,
@@ -82,6 +81,13 @@ class QueryResult:
     status: int = 0
 
 
+def framed(payload: bytes | memoryview, seq: int) -> bytes:
+    """Wire bytes of one payload."""
+    if len(payload) < MAX_PACKET:  # one packet: skip frame()'s tuple and loop
+        return _HEADER.pack(len(payload) | (seq & 0xFF) << 24) + payload
+    return frame(payload, seq)[0]
+
+
 def split_payloads(raw: bytes) -> list[bytes]:
     """Cut raw wire bytes into payloads, joining packets split at 16 MiB."""
     payloads: list[bytes] = []
@@ -97,7 +103,8 @@ def split_payloads(raw: bytes) -> list[bytes]:
     return payloads
 
 
-_DRAIN = object()  # relay future result: the client's buffer is full, drain it
+# Past this many bytes waiting for the client, stop reading the backend until they drain.
+_CLIENT_BUFFER_LIMIT = 1 << 20
 
 
 class _BackendProtocol(asyncio.StreamReaderProtocol):
@@ -131,30 +138,36 @@ class _BackendProtocol(asyncio.StreamReaderProtocol):
         super().connection_lost(exc)
 
 
+# on_done(scanner, error): the response is complete (error None) or the relay failed.
+RelayDone = Callable[[ResponseScanner, BaseException | None], None]
+
+
 class _Relay:
-    """One command's response on its way from a backend to a client sink."""
+    """One command's response on its way from a backend to a client sink, driven entirely
+    by the event loop's callbacks: no coroutine runs per chunk or per statement."""
 
-    __slots__ = ("scanner", "sink", "out", "future", "transport", "started")
+    __slots__ = ("conn", "scanner", "sink", "out", "transport", "started", "finished", "on_done")
 
-    def __init__(self, scanner: ResponseScanner, sink, transport: asyncio.Transport,
-                 future: asyncio.Future):
+    def __init__(self, conn: BackendConnection, scanner: ResponseScanner, sink, transport: asyncio.Transport,
+                 on_done: RelayDone):
+        self.conn = conn
         self.scanner = scanner
         self.sink = sink
         # The sink may be a mirror.Tee or a coldefs.RenamingSink standing in for the client's
         # writer: write through it, look at the transport only for its state.
         self.out = sink.transport if sink is not None else None
         self.transport = transport
-        self.future = future
         self.started = False  # part of the response went to the client
+        self.finished = False
+        self.on_done = on_done
 
     def feed(self, data: bytes) -> bytes:
-        if self.scanner.done:  # after the response, before relay() let go: the stream's bytes
+        scanner = self.scanner
+        if scanner.done:  # after the response, before the connection let go: the stream's bytes
             return data
-        future = self.future
-        if future.done():  # failed already: the stream position is unknown
+        if self.finished:  # failed already: the stream position is unknown
             return b""
         try:
-            scanner = self.scanner
             used = scanner.feed(data)
             out = self.out
             # A client gone mid-response: read the rest and drop it, so this connection
@@ -162,20 +175,36 @@ class _Relay:
             if out is not None and not out.is_closing():
                 self.sink.write(data if used == len(data) else data[:used])
                 self.started = True
-                if not scanner.done and out.get_write_buffer_size() > 1 << 20:
-                    self.transport.pause_reading()
-                    future.set_result(_DRAIN)
+                if not scanner.done and out.get_write_buffer_size() > _CLIENT_BUFFER_LIMIT:
+                    self._wait_for_client(out)
                     return b""
             if scanner.done:
-                future.set_result(None)
+                self._finish(None)
                 return data[used:] if used < len(data) else b""
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting relay()
-            future.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - handed to on_done
+            self._finish(exc)
         return b""
 
+    def _wait_for_client(self, out: asyncio.Transport) -> None:
+        """Stop reading the backend until the client's transport takes bytes again (or the
+        client is gone): a large result never piles up in the sidecar's memory."""
+        client = out.get_protocol()
+        if not getattr(client, "paused_for_client", False):
+            return  # the transport did not pause its writer: nothing will call back, go on
+        self.transport.pause_reading()
+        client.when_writable(self._client_writable)
+
+    def _client_writable(self) -> None:
+        if not self.finished and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
+        if not self.finished:
+            self._finish(exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        self.finished = True
+        self.conn._relay_done(self, exc)
 
 
 class BackendConnection:
@@ -297,62 +326,75 @@ class BackendConnection:
     # -- commands --------------------------------------------------------------------------
 
     def send(self, payload: bytes | memoryview, seq: int = 0) -> None:
-        if len(payload) < MAX_PACKET:  # one packet: skip frame()'s tuple and loop
-            self.writer.write(_HEADER.pack(len(payload) | (seq & 0xFF) << 24) + payload)
-            return
-        data, _ = frame(payload, seq)
-        self.writer.write(data)
+        self.writer.write(framed(payload, seq))
 
-    async def relay(self, payload: bytes | memoryview, kind: ResponseKind,
-                    sink: asyncio.StreamWriter | None) -> ResponseScanner:
-        """Send a command and copy its whole response to ``sink`` as it arrives."""
+    def start_relay(self, wire: bytes, kind: ResponseKind, sink, on_done: RelayDone) -> None:
+        """Send a command (``wire``: its framed bytes) and copy its whole response to ``sink``
+        as it arrives; ``on_done(scanner, error)`` is called from the event loop's callbacks
+        when it is complete (error None) or when the connection failed (error set; the
+        connection is then broken). Meanwhile nothing else may use this connection."""
         self.last_used = time.monotonic()
         self._count_statement()
         scanner = ResponseScanner(kind, self.deprecate_eof)
         self.response_started = False
         protocol = self._protocol
-        transport = self.writer.transport
+        relay = protocol.relay = _Relay(self, scanner, sink, self.writer.transport, on_done)
         try:
-            self.send(payload)
-            if transport.is_closing():
+            self.writer.write(wire)
+            if self.writer.transport.is_closing():
                 raise ConnectionClosed("backend closed the connection")
-            future = asyncio.get_running_loop().create_future()
-            relay = protocol.relay = _Relay(scanner, sink, transport, future)
-            try:
-                reader = self.reader
-                if reader._buffer or reader._eof:  # StreamReader has no public look at these
-                    # Bytes (or the end) that came before the command: the relay sees them first.
-                    pending = bytes(reader._buffer)
-                    reader._buffer.clear()
-                    if pending:
-                        protocol.data_received(pending)
-                    if reader._eof:
-                        relay.fail(ConnectionClosed("backend closed the connection"))
-                while await future is _DRAIN:
-                    try:
-                        await sink.drain()
-                    except (ConnectionError, OSError):
-                        pass  # the client's fault, not the backend's
-                    future = relay.future = future.get_loop().create_future()
-                    transport.resume_reading()
-            finally:
-                protocol.relay = None
-                self.response_started = relay.started
-        except (ConnectionError, OSError, MalformedPacket):
+        except (ConnectionError, OSError, RuntimeError) as exc:
+            relay.fail(exc if not isinstance(exc, RuntimeError) else ConnectionClosed(str(exc)))
+            return
+        reader = self.reader
+        if reader._buffer or reader._eof:  # StreamReader has no public look at these
+            # Bytes (or the end) that came before the command: the relay sees them first.
+            pending = bytes(reader._buffer)
+            reader._buffer.clear()
+            if pending:
+                protocol.data_received(pending)
+            if reader._eof:
+                relay.fail(ConnectionClosed("backend closed the connection"))
+
+    def _relay_done(self, relay: _Relay, exc: BaseException | None) -> None:
+        self._protocol.relay = None
+        self.response_started = relay.started
+        if exc is None:
+            self._track(relay.scanner)
+        else:
             self.broken = True
             self._count_error()
-            if self.response_started:
+            if relay.started and relay.out is not None:
                 # The client holds part of a response, perhaps half a packet: nothing can follow
                 # it well-formed (an ERR would be read as row bytes), so end the client's
                 # connection; its driver reports a lost connection.
-                sink.transport.close()
-            raise
-        except BaseException:
+                relay.out.close()
+        relay.on_done(relay.scanner, exc)
+
+    async def relay(self, payload: bytes | memoryview, kind: ResponseKind,
+                    sink: asyncio.StreamWriter | None) -> ResponseScanner:
+        """Send a command and copy its whole response to ``sink`` as it arrives."""
+        future = asyncio.get_running_loop().create_future()
+
+        def done(scanner: ResponseScanner, exc: BaseException | None) -> None:
+            if future.done():
+                return
+            if exc is None:
+                future.set_result(scanner)
+            else:
+                future.set_exception(exc)
+
+        self.start_relay(framed(payload, 0), kind, sink, done)
+        try:
+            return await future
+        except asyncio.CancelledError:
             # Cancelled mid-response: the stream position is unknown, never reuse it.
+            relay = self._protocol.relay
+            if relay is not None:
+                relay.finished = True
+                self._protocol.relay = None
             self.broken = True
             raise
-        self._track(scanner)
-        return scanner
 
     async def collect(self, payload: bytes | memoryview, kind: ResponseKind) -> tuple[list[bytes], ResponseScanner]:
         """Send a command and return its whole response as payloads."""

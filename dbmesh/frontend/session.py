@@ -32,6 +32,7 @@ from ..protocol.packets import (
 )
 from ..protocol.scanner import ResponseKind, ResponseScanner
 from . import handshake, sharded_prepared
+from .fast_lane import FastLane
 from .read_split import ReadSplitting
 from .shadow import ShadowSession
 from .sharded import ShardedExecutor
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbmesh.session")
 
-_CURSOR_TYPE_READ_ONLY = 0x01
+CURSOR_TYPE_READ_ONLY = 0x01
 _PREPARED_PER_BACKEND = 512
 
 
@@ -117,6 +118,7 @@ class Session:
         self.sharding_hints: dict[str, object] = {}  # "db"/"table" -> value (SET dbmesh_db_hint = ...)
         self.shadow = ShadowSession(self)  # shadow traffic and read mirroring (frontend/shadow.py)
         self._route_memo: _DatabaseRoute | None = None
+        self.fast_lane: FastLane | None = None  # set once logged in (not with TLS)
 
     # -- output ----------------------------------------------------------------------------
 
@@ -166,6 +168,8 @@ class Session:
             pass
 
     async def cleanup(self) -> None:
+        if self.fast_lane is not None:
+            await self.fast_lane.close()
         await self.sharded.close()
         self.shadow.close()
         conn, pool = self.held, self.held_pool
@@ -266,6 +270,8 @@ class Session:
         }
         writer = self.writer
         read = self.packets.read
+        if self.packets.protocol is not None:  # not with TLS: those bytes come through the stream
+            self.fast_lane = FastLane(self, self.packets.protocol)
         while True:
             # Holding no backend connection (the usual case): nothing to time out, read directly.
             payload = await (read() if self.held is None else self._next_command())
@@ -297,9 +303,15 @@ class Session:
         read = asyncio.ensure_future(self.packets.read())
         done, _ = await asyncio.wait({read}, timeout=self.config.auto_increment_delay_multiplex_timeout_s)
         if not done:
-            self.keep_for_statements = 0
-            self._return_held(force=False)
+            self.release_kept()
         return await read
+
+    def release_kept(self) -> None:
+        """The client idled past auto_increment_delay_multiplex_timeout_s: a connection kept
+        for the statements after an insert goes back to the pool (one holding a transaction,
+        session state or a cursor stays)."""
+        self.keep_for_statements = 0
+        self._return_held(force=False)
 
     # -- backend connections ---------------------------------------------------------------------
 
@@ -752,7 +764,7 @@ class Session:
         except ProxyError:
             self._return_held(force=False)
             raise
-        if payload[5] & _CURSOR_TYPE_READ_ONLY and scanner.status & ServerStatus.CURSOR_EXISTS:
+        if payload[5] & CURSOR_TYPE_READ_ONLY and scanner.status & ServerStatus.CURSOR_EXISTS:
             stmt.cursor_conn = conn
         self._after_response(conn, scanner)
 

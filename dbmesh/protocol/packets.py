@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .constants import (
@@ -306,24 +306,64 @@ def frame(payload: bytes | memoryview, seq: int) -> tuple[bytes, int]:
 class PacketProtocol(asyncio.StreamReaderProtocol):
     """A StreamReaderProtocol that hands a chunk holding exactly one whole packet straight to
     a PacketReader waiting for it (the usual client command), without the StreamReader's
-    buffer and readexactly() coroutines. Anything else goes through the stream as before."""
+    buffer and readexactly() coroutines. Anything else goes through the stream as before.
+
+    With a ``fast_lane`` (the session's), such a packet is first offered to it: a command it
+    takes is served from callbacks while the command loop stays asleep on its read, and
+    until it calls ``command_done()`` the bytes the client sends meanwhile wait here, so
+    commands never overlap."""
 
     waiter: asyncio.Future | None = None
+    fast_lane: Callable[[bytes], bool] | None = None
+    busy = False  # a fast-lane command is in flight
+    backlog: bytearray | None = None
+    _on_writable: Callable[[], None] | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self.busy:
+            if self.backlog is None:
+                self.backlog = bytearray(data)
+            else:
+                self.backlog += data
+            return
         waiter = self.waiter
         if waiter is None:
             super().data_received(data)
             return
-        self.waiter = None
         size = len(data)
         if size >= 4 and size - 4 == (data[0] | data[1] << 8 | data[2] << 16) < MAX_PACKET:
+            fast_lane = self.fast_lane
+            if fast_lane is not None and fast_lane(data):
+                return
+            self.waiter = None
             if not waiter.done():
                 waiter.set_result(data)
                 return
+        self.waiter = None
         super().data_received(data)
         if not waiter.done():
             waiter.set_result(None)  # read it from the stream
+
+    def command_done(self) -> None:
+        """The fast-lane command is answered: go on with what the client sent meanwhile."""
+        self.busy = False
+        backlog = self.backlog
+        if backlog is not None:
+            self.backlog = None
+            self.data_received(bytes(backlog))
+
+    @property
+    def paused_for_client(self) -> bool:
+        """The transport told us to stop writing (its buffer is above the high-water mark)."""
+        return self._paused
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the transport takes bytes again or the connection ends."""
+        self._on_writable = callback
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._writable()
 
     def eof_received(self) -> bool:
         keep_open = super().eof_received()
@@ -333,11 +373,17 @@ class PacketProtocol(asyncio.StreamReaderProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._wake()
+        self._writable()
 
     def _wake(self) -> None:
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _writable(self) -> None:
+        callback, self._on_writable = self._on_writable, None
+        if callback is not None:
+            callback()
 
 
 class PacketReader:
