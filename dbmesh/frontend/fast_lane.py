@@ -8,9 +8,11 @@ hand. PacketProtocol offers every lone whole packet to the fast lane first while
 command loop waits for one; a command the lane takes is sent from that ``data_received``,
 its response relayed from the backend's ``data_received`` (BackendConnection.start_relay),
 and the connection given back in the relay's completion callback. The command loop sleeps
-through it. Whatever needs more (routing, a sharded or shadow database, session state to
-record, replicas, cursors, long data, a full client buffer, an error to report) is left to
-the command loop, which serves it as before.
+through it. On a sharded database the lane takes reads and prepared point statements
+that route to exactly one data source from the plan cache, outside transactions. Whatever
+needs more (planning, several shards, a shadow database, session state to record, replica
+choice for pass-through reads, transactions on shards, cursors, long data, a full client
+buffer, an error to report) is left to the command loop, which serves it as before.
 """
 
 from __future__ import annotations
@@ -18,17 +20,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from typing import TYPE_CHECKING
 
+from sharding.errors import ShardingError
+
+from .. import errors
 from ..backend.connection import BackendConnection, framed
 from ..errors import ProxyError
-from ..protocol.constants import Command
+from ..protocol.binary import decode_params
+from ..protocol.coldefs import logical_sink
+from ..protocol.constants import Command, ServerStatus
 from ..protocol.packets import ConnectionClosed, MalformedPacket, PacketProtocol
 from ..protocol.scanner import ResponseKind, ResponseScanner
 from .statement import Kind, classify
 
 if TYPE_CHECKING:
-    from .session import Session
+    from ..backend.pool import Pool
+    from .session import ClientStatement, Session
 
 log = logging.getLogger("dbmesh.session")
 
@@ -39,15 +48,25 @@ _CURSOR_FLAGS = 0x0F  # COM_STMT_EXECUTE flags asking for a cursor: the command 
 _CLIENT_BUFFER_BACKLOG = 65536
 
 
+# What a fast-lane command needs: the backend connection, the wire bytes to send it, where
+# the answer goes, the pool to return the connection to (None: the session holds it), and
+# the data source a sharded write changed (read-your-writes), if any.
+_Route = tuple[BackendConnection, bytes, object, "Pool | None", "str | None"]
+
+
 class FastLane:
     """One session's fast lane; the session's PacketProtocol calls it with whole packets."""
 
-    __slots__ = ("session", "protocol", "conn", "idle_timer", "closed")
+    __slots__ = ("session", "protocol", "conn", "pool", "wrote_to", "idle_timer", "closed")
 
     def __init__(self, session: Session, protocol: PacketProtocol):
         self.session = session
         self.protocol = protocol
         self.conn: BackendConnection | None = None  # answering a command now
+        # Where that connection goes back: None, the session holds it (pass-through); else a
+        # sharded statement borrowed it from this pool for the one statement.
+        self.pool: Pool | None = None
+        self.wrote_to: str | None = None  # a sharded point write on this data source
         # After an insert the session keeps its connection for a few statements; the command
         # loop, asleep on a plain read, cannot time that out, so this timer does.
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -78,21 +97,23 @@ class FastLane:
             return False
         if route is None:
             return False
-        conn, wire = route
+        conn, wire, sink, self.pool, self.wrote_to = route
         self.session.packets.seq = data[3]  # errors the session sends continue the command's sequence
         self.conn = conn
         self.protocol.busy = True
-        conn.start_relay(wire, ResponseKind.RESULT, session.writer, self._done)
+        conn.start_relay(wire, ResponseKind.RESULT, sink, self._done)
         return True
 
-    def _execute(self, data: bytes) -> tuple[BackendConnection, bytes] | None:
-        """The backend connection and wire bytes for a prepared statement's execution."""
+    def _execute(self, data: bytes) -> _Route | None:
+        """Where and what to send for a prepared statement's execution."""
         session = self.session
         if len(data) < 14 or data[9] & _CURSOR_FLAGS:
             return None
         stmt = session.statements.get(_STMT_ID.unpack_from(data, 5)[0])
-        if stmt is None or stmt.sharded is not None or stmt.cursor_conn is not None or stmt.long_data:
+        if stmt is None or stmt.cursor_conn is not None or stmt.long_data:
             return None
+        if stmt.sharded is not None:
+            return self._sharded_point_execute(data, stmt)
         if session.shadow.flag or session.database in session.shadow.databases or b"dbmesh:" in stmt.sql:
             return None
         conn = session._borrow_now()
@@ -107,14 +128,14 @@ class FastLane:
         except ProxyError:
             return None  # the command loop reports it
         conn.prepared.move_to_end(key)
-        return conn, framed(packet, 0)
+        return conn, framed(packet, 0), session.writer, None, None
 
-    def _query(self, data: bytes) -> tuple[BackendConnection, bytes] | None:
-        """The backend connection for a plain text statement (sent as the client framed it)."""
+    def _query(self, data: bytes) -> _Route | None:
+        """Where to send a plain text statement (as the client framed it)."""
         session = self.session
         route = session._route()
         if route.sharded:
-            return None
+            return self._sharded_read(data)
         sql = data[5:]
         statement = classify(sql)
         if statement.kind is not Kind.PASS or statement.session_set or statement.pin_reason:
@@ -129,12 +150,99 @@ class FastLane:
         conn = session._borrow_now()
         if conn is None:
             return None
-        return conn, data if data[3] == 0 else framed(data[4:], 0)
+        return conn, data if data[3] == 0 else framed(data[4:], 0), session.writer, None, None
+
+    # -- sharded databases -------------------------------------------------------------------
+
+    def _sharded_read(self, data: bytes) -> _Route | None:
+        """A SELECT the plan cache routes to one data source, outside a transaction."""
+        session = self.session
+        executor = session.sharded
+        sql = data[5:]
+        if executor.in_transaction or not session.autocommit or session.sharding_hints or b"dbmesh:" in sql:
+            return None
+        statement = classify(sql)
+        if statement.kind is not Kind.PASS or not statement.read_only or statement.pin_reason:
+            return None
+        if session.shadow.flag or session.database in session.shadow.databases:
+            return None
+        try:
+            plan = session.server.plan_cache.plan(sql.decode("utf-8", "surrogateescape"), executor.rules,
+                                                  session.database)
+        except ShardingError:
+            return None  # the command loop words the error
+        if plan is None or len(plan.units) != 1 or plan.kind != "select" or plan.locking or plan.force_primary:
+            return None
+        unit = plan.units[0]
+        pool = executor._replica_pool(unit.data_source) or session.server.pools[unit.data_source]
+        conn = self._idle_shard_connection(pool, unit.data_source)
+        if conn is None:
+            return None
+        wire = framed(bytes((Command.QUERY,)) + unit.sql.encode("utf-8", "surrogateescape"), 0)
+        sink = logical_sink(session.writer, session.config, session.database, unit.data_source)
+        return conn, wire, sink, pool, None
+
+    def _sharded_point_execute(self, data: bytes, stmt: ClientStatement) -> _Route | None:
+        """A prepared point statement whose parameters route it to one node, where it is
+        prepared already: executed there with the client's parameter bytes."""
+        session = self.session
+        info = stmt.sharded
+        point = info.point
+        if point is None or info.control is not None or session.sharded.in_transaction or not session.autocommit:
+            return None
+        if session.shadow.flag or session.database in session.shadow.databases:
+            return None
+        payload = data[4:]
+        try:
+            values, param_types = decode_params(payload, stmt.num_params, stmt.param_types, {})
+            for _, i in point.positions:
+                if values[i] is None:
+                    return None  # `= NULL` matches nothing: the planner's path answers it
+            node = point.node(values)
+        except (MalformedPacket, ProxyError, ShardingError):
+            return None  # the command loop words the error
+        if node is None:
+            return None
+        sql = info.actual_sql.get((node.data_source, node.table))
+        if sql is None:
+            return None
+        pool = session.server.pools[node.data_source]
+        conn = self._idle_shard_connection(pool, node.data_source)
+        if conn is None:
+            return None
+        backend = conn.prepared.get((conn.database, sql))
+        if backend is None or backend.num_params != stmt.num_params:
+            pool.release(conn)
+            return None
+        try:
+            packet = session._execute_packet(payload, stmt, backend.stmt_id)
+        except ProxyError:
+            pool.release(conn)
+            return None
+        conn.prepared.move_to_end((conn.database, sql))
+        stmt.param_types = param_types
+        packet = packet[:5] + b"\x00" + packet[6:]  # no cursor: COM_STMT_FETCH is not routed here
+        return conn, framed(packet, 0), session.writer, pool, None if point.kind == "select" else node.data_source
+
+    def _idle_shard_connection(self, pool: Pool, data_source: str) -> BackendConnection | None:
+        """An idle connection of ``pool`` already in the session's state on the data source's
+        database, or None (the command loop then borrows and brings one to that state)."""
+        session = self.session
+        conn = pool.acquire_idle(session.caps_key)
+        if conn is None:
+            return None
+        if (conn.session_vars != session.vars_signature or conn.autocommit != session.autocommit
+                or conn.database != session.config.data_sources[data_source].database):
+            pool.release(conn)
+            return None
+        return conn
 
     def _done(self, scanner: ResponseScanner, exc: BaseException | None) -> None:
         conn, self.conn = self.conn, None
         session = self.session
-        if exc is None:
+        if self.pool is not None:
+            self._sharded_done(conn, scanner, exc)
+        elif exc is None:
             session._after_response(conn, scanner)
             if session.keep_for_statements and session.held is not None:
                 self.idle_timer = asyncio.get_running_loop().call_later(
@@ -146,6 +254,19 @@ class FastLane:
         elif not self.closed.done():
             self.closed.set_result(None)
 
+    def _sharded_done(self, conn: BackendConnection, scanner: ResponseScanner, exc: BaseException | None) -> None:
+        session = self.session
+        pool, self.pool = self.pool, None
+        pool.release(conn)  # a broken one is closed
+        if exc is not None:
+            self._log_unexpected(exc)
+            session.send_error(errors.backend_lost(conn.data_source, conn.address))
+            return
+        if scanner.status_seen:
+            session.autocommit = bool(scanner.status & ServerStatus.AUTOCOMMIT)
+        if self.wrote_to is not None:
+            session.last_write_at[self.wrote_to] = time.monotonic()
+
     def _client_idled(self) -> None:
         self.idle_timer = None
         if self.protocol.busy or self.protocol.waiter is None:
@@ -154,14 +275,17 @@ class FastLane:
 
     def _failed(self, conn: BackendConnection, exc: BaseException) -> None:
         session = self.session
-        if not isinstance(exc, (ConnectionError, OSError, MalformedPacket)):
-            log.error("session %d: fast-lane relay failed", session.connection_id, exc_info=exc)
+        self._log_unexpected(exc)
         try:
             session._backend_failed(conn, exc)
         except ConnectionClosed:
             # Session state lived on that backend; the command loop is asleep on its read,
             # so end the client's connection here: its read then ends the session.
             session.writer.transport.close()
+
+    def _log_unexpected(self, exc: BaseException) -> None:
+        if not isinstance(exc, (ConnectionError, OSError, MalformedPacket)):
+            log.error("session %d: fast-lane relay failed", self.session.connection_id, exc_info=exc)
 
     async def close(self) -> None:
         """The session ends: take no more commands, and let a command in flight finish (a
