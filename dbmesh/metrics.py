@@ -8,7 +8,56 @@ there, and the supervisor alone serves /metrics, summing counters over workers. 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+import threading
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
+
+
+class Tally:
+    """A counter child counted on the per-statement path as a plain int (``tally.count +=
+    1``); flush_tallies() moves the increase into prometheus_client, whose inc() takes a
+    lock every time. Flushed before every scrape of a single process and every second by
+    each worker (so a multi-worker scrape may lag by up to a second)."""
+
+    __slots__ = ("count", "_flushed", "_child")
+
+    def __init__(self, child) -> None:
+        self.count = 0
+        self._flushed = 0
+        self._child = child
+
+
+_TALLIES: dict[tuple[int, tuple[str, ...]], Tally] = {}
+_FLUSH_LOCK = threading.Lock()  # the scrape runs on the HTTP server's thread
+
+
+def tally(counter: Counter, *labels: str) -> Tally:
+    """The Tally of ``counter``'s child with these label values (one per child)."""
+    key = (id(counter), labels)
+    found = _TALLIES.get(key)
+    if found is None:
+        found = _TALLIES[key] = Tally(counter.labels(*labels))
+    return found
+
+
+def flush_tallies() -> None:
+    with _FLUSH_LOCK:
+        for counted in list(_TALLIES.values()):
+            count = counted.count
+            if count != counted._flushed:
+                counted._child.inc(count - counted._flushed)
+                counted._flushed = count
+
+
+class _FlushBeforeScrape:
+    """Registered before every metric below, so a scrape collects it first."""
+
+    def collect(self):
+        flush_tallies()
+        return []
+
+
+REGISTRY.register(_FlushBeforeScrape())
 
 BACKEND_STATEMENTS = Counter("dbmesh_backend_statements_total",
                              "Commands sent to a backend server", ["data_source", "role"])

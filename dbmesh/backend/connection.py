@@ -146,16 +146,17 @@ class _Relay:
     """One command's response on its way from a backend to a client sink, driven entirely
     by the event loop's callbacks: no coroutine runs per chunk or per statement."""
 
-    __slots__ = ("conn", "scanner", "sink", "out", "transport", "started", "finished", "on_done")
+    __slots__ = ("conn", "scanner", "write", "out", "transport", "started", "finished", "on_done")
 
     def __init__(self, conn: BackendConnection, scanner: ResponseScanner, sink, transport: asyncio.Transport,
                  on_done: RelayDone):
         self.conn = conn
         self.scanner = scanner
-        self.sink = sink
         # The sink may be a mirror.Tee or a coldefs.RenamingSink standing in for the client's
-        # writer: write through it, look at the transport only for its state.
+        # writer: write through it, look at the transport only for its state. A plain
+        # StreamWriter's write() only calls its transport's.
         self.out = sink.transport if sink is not None else None
+        self.write = self.out.write if type(sink) is asyncio.StreamWriter else getattr(sink, "write", None)
         self.transport = transport
         self.started = False  # part of the response went to the client
         self.finished = False
@@ -173,7 +174,7 @@ class _Relay:
             # A client gone mid-response: read the rest and drop it, so this connection
             # stays usable (uvloop raises on writes to a closed transport).
             if out is not None and not out.is_closing():
-                self.sink.write(data if used == len(data) else data[:used])
+                self.write(data if used == len(data) else data[:used])
                 self.started = True
                 if not scanner.done and out.get_write_buffer_size() > _CLIENT_BUFFER_LIMIT:
                     self._wait_for_client(out)
@@ -213,9 +214,9 @@ class BackendConnection:
     def __init__(self, data_source: str, host: str, port: int, capabilities: int, role: str = "primary"):
         self.data_source = data_source
         self.role = role
-        # Counter children resolved once: counting a statement is one increment.
-        self._count_statement = metrics.BACKEND_STATEMENTS.labels(data_source, role).inc
-        self._count_error = metrics.BACKEND_ERRORS.labels(data_source, role).inc
+        # Counted as plain ints, flushed into the Prometheus counters (metrics.Tally).
+        self._statements = metrics.tally(metrics.BACKEND_STATEMENTS, data_source, role)
+        self._errors = metrics.tally(metrics.BACKEND_ERRORS, data_source, role)
         self.host = host
         self.port = port
         self.capabilities = capabilities | BASE_CAPABILITIES
@@ -334,14 +335,15 @@ class BackendConnection:
         when it is complete (error None) or when the connection failed (error set; the
         connection is then broken). Meanwhile nothing else may use this connection."""
         self.last_used = time.monotonic()
-        self._count_statement()
+        self._statements.count += 1
         scanner = ResponseScanner(kind, self.deprecate_eof)
         self.response_started = False
         protocol = self._protocol
-        relay = protocol.relay = _Relay(self, scanner, sink, self.writer.transport, on_done)
+        transport = self.writer.transport
+        relay = protocol.relay = _Relay(self, scanner, sink, transport, on_done)
         try:
-            self.writer.write(wire)
-            if self.writer.transport.is_closing():
+            transport.write(wire)  # not StreamWriter.write: one Python frame less per statement
+            if transport.is_closing():
                 raise ConnectionClosed("backend closed the connection")
         except (ConnectionError, OSError, RuntimeError) as exc:
             relay.fail(exc if not isinstance(exc, RuntimeError) else ConnectionClosed(str(exc)))
@@ -363,7 +365,7 @@ class BackendConnection:
             self._track(relay.scanner)
         else:
             self.broken = True
-            self._count_error()
+            self._errors.count += 1
             if relay.started and relay.out is not None:
                 # The client holds part of a response, perhaps half a packet: nothing can follow
                 # it well-formed (an ERR would be read as row bytes), so end the client's
@@ -399,7 +401,7 @@ class BackendConnection:
     async def collect(self, payload: bytes | memoryview, kind: ResponseKind) -> tuple[list[bytes], ResponseScanner]:
         """Send a command and return its whole response as payloads."""
         self.last_used = time.monotonic()
-        self._count_statement()
+        self._statements.count += 1
         scanner = ResponseScanner(kind, self.deprecate_eof)
         chunks: list[bytes] = []
         try:
@@ -436,7 +438,7 @@ class BackendConnection:
         self.last_used = time.monotonic()
         frames = []
         for sql in sqls:
-            self._count_statement()
+            self._statements.count += 1
             frames.append(frame(bytes((Command.QUERY,)) + sql.encode("utf-8"), 0)[0])
         answers: list[QueryResult | BackendError] = []
         pending = b""

@@ -24,6 +24,7 @@ from .session import Session
 log = logging.getLogger("dbmesh.server")
 
 _IDLE_SWEEP_S = 10.0
+_TALLY_FLUSH_S = 1.0
 
 
 def pools_for(config: Config) -> dict[str, Pool]:
@@ -59,6 +60,7 @@ class Server:
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._base_sweeper: asyncio.Task[None] | None = None
+        self._tally_flusher: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -79,6 +81,8 @@ class Server:
         self._server = await loop.create_server(client_protocol, listen.host, self.listen_port,
                                                 reuse_address=True, backlog=1024, reuse_port=workers or None)
         self._sweeper = asyncio.create_task(self._sweep_idle())
+        if workers:  # the supervisor serves /metrics from files: move the per-statement tallies there
+            self._tally_flusher = asyncio.create_task(self._flush_tallies_forever())
         if base_mode.base_log_sources(self):
             self._base_sweeper = asyncio.create_task(base_mode.sweep_forever(self))
         for replica_set in self.replica_sets.values():
@@ -171,6 +175,12 @@ class Server:
                 pool.close_idle_older_than(pool.config.idle_timeout_s)
                 metrics.POOL_CONNECTIONS.labels(pool.endpoint.data_source, pool.endpoint.role).set(pool.size)
 
+    @staticmethod
+    async def _flush_tallies_forever() -> None:
+        while True:
+            await asyncio.sleep(_TALLY_FLUSH_S)
+            metrics.flush_tallies()
+
     def all_pools(self) -> list[Pool]:
         pools = list(self.pools.values())
         for replica_set in self.replica_sets.values():
@@ -183,9 +193,10 @@ class Server:
             await self._server.serve_forever()
 
     async def close(self) -> None:
-        for task in (self._sweeper, self._base_sweeper):
+        for task in (self._sweeper, self._base_sweeper, self._tally_flusher):
             if task is not None:
                 task.cancel()
+        metrics.flush_tallies()
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):

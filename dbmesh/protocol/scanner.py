@@ -66,10 +66,10 @@ class ResponseScanner:
         self._state = _State.ROWS if kind == ResponseKind.ROWS else (
             _State.COLUMNS if kind == ResponseKind.FIELD_LIST else _State.FIRST)
         self._left = 0                # column definitions still expected
-        self._header = bytearray()    # a packet header split across chunks
+        self._header = b""            # a packet header split across chunks
         self._remaining = 0           # payload bytes of the current packet not yet seen
         self._length = 0
-        self._head = bytearray()      # the current packet's first bytes
+        self._head = b""              # the current packet's first bytes (split packets only)
         self._continuation = False    # the current packet continues a 16 MiB one
 
     @property
@@ -119,7 +119,7 @@ class ResponseScanner:
                     break
                 h = self._header
                 self._length = self._remaining = h[0] | h[1] << 8 | h[2] << 16
-                self._head.clear()
+                self._head = b""
                 if self._length == 0:
                     self._packet_complete()
                 continue
@@ -135,7 +135,7 @@ class ResponseScanner:
         return pos
 
     def _packet_complete(self) -> None:
-        self._header.clear()
+        self._header = b""
         continuation = self._continuation
         self._continuation = self._length == MAX_PACKET
         if not continuation:
