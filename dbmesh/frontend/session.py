@@ -31,7 +31,7 @@ from ..protocol.packets import (
     result_set_payloads,
 )
 from ..protocol.scanner import ResponseKind, ResponseScanner
-from . import handshake, sharded_prepared
+from . import admin, handshake, sharded_prepared
 from .read_split import ReadSplitting
 from .shadow import ShadowSession
 from .sharded import ShardedExecutor
@@ -459,6 +459,9 @@ class Session:
             return
         if kind is Kind.PREVIEW:
             self._preview(sql)
+            return
+        if kind is Kind.ADMIN:
+            await admin.execute(self, sql)
             return
         if statement.session_set and statement.session_set[0] == "dbmesh_route":
             self._set_route(statement.session_set[1])
