@@ -296,6 +296,34 @@ def test_the_sweep_finishes_an_orphan_without_a_restart(sandbox, tmp_path_factor
         stop_proxy(proxy)
 
 
+def test_the_sweep_outlives_a_lost_data_source(sandbox, tmp_path_factory):
+    """ds_1 stops after both branches of a transfer committed, so its ROLLBACK fails; sweeps
+    fail while ds_1 is down, and the first one after it is back compensates the transfer."""
+    workdir = tmp_path_factory.mktemp("sweep-lost")
+    config = admin_config(sandbox, workdir, "sweeplost", base_sweep_interval_s=0.5, base_orphan_age_s=1)
+    proxy = start_proxy(config, workdir)
+    try:
+        create_tables(proxy)
+        with proxy.connect(database="bank") as conn, conn.cursor() as cur:
+            conn.begin()
+            transfer(cur, 0, 1, 100)
+            sandbox.stop_instance("ds_1")
+            try:
+                with pytest.raises(pymysql.err.MySQLError) as failed:
+                    conn.rollback()
+                assert failed.value.args[0] in (1429, 1430), failed.value.args
+                wait_until(lambda: proxy.log().count(" not finished (Can't connect to data source 'ds_1'") >= 2,
+                           what="sweeps to meet the lost data source")
+            finally:
+                sandbox.start_instance("ds_1")
+        wait_until(lambda: balances(sandbox) == (INITIAL, INITIAL), what="the sweep to compensate the transfer")
+        assert proxy.alive()
+        assert show(proxy) == []
+        assert wait_clean(sandbox) == {}
+    finally:
+        stop_proxy(proxy)
+
+
 # -- configuration -------------------------------------------------------------------------------
 
 

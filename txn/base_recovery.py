@@ -41,7 +41,11 @@ async def recover(backends_for_log: Callable[[str], Backends], log_data_sources:
             txn = global_log.from_row(row)
             if txn.xid in running:
                 continue
-            outcome, _ = await finish(backends, txn, acquire, release, check)
+            try:
+                outcome, _ = await finish(backends, txn, acquire, release, check)
+            except Exception as exc:  # noqa: BLE001 - e.g. a participant is down: the others go on
+                log.warning("BASE transaction %s not finished (%s); the next recovery tries again", txn.xid, exc)
+                continue
             if outcome:
                 counts[outcome] += 1
                 log.info("recovered BASE transaction %s: %s", txn.xid, outcome)

@@ -24,6 +24,7 @@ from txn.sqltext import Statement
 
 from .. import metrics
 from ..backend.connection import BackendConnection, BackendError, QueryResult
+from ..errors import ProxyError
 
 if TYPE_CHECKING:
     from .server import Server
@@ -168,9 +169,13 @@ async def sweep_forever(server: Server) -> None:
         try:
             counts = await recover(server, settings.base_orphan_age_s, server.base.xid_instance)
             await count_needs_attention(server)
-        except (BackendError, OSError, ConnectionError, TimeoutError) as exc:
+        except (ProxyError, BackendError, OSError, ConnectionError, TimeoutError) as exc:
+            # e.g. a participant's data source is down (ProxyError from its pool): try again later.
             log.warning("BASE recovery sweep failed (%s); it runs again in %g s", exc,
                         settings.base_sweep_interval_s)
+            continue
+        except Exception:  # a sweep that died would leave orphans for good, silently
+            log.exception("BASE recovery sweep failed; it runs again in %g s", settings.base_sweep_interval_s)
             continue
         if any(counts.values()):
             log.info("BASE recovery sweep: %s", counts)
