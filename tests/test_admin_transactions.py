@@ -266,6 +266,24 @@ def test_admin_statements_from_a_sharded_database_session(bank):
         conn.rollback()
 
 
+@pytest.mark.parametrize("database", ["bank", None])
+def test_admin_statements_are_not_prepared(bank, database):
+    import mysql.connector
+
+    conn = mysql.connector.connect(host=bank.host, port=bank.port, user="ops", password="ops-pw",
+                                   database=database, autocommit=True)
+    try:
+        cur = conn.cursor(prepared=True)
+        with pytest.raises(mysql.connector.Error) as failed:
+            cur.execute("SHOW DBMESH TRANSACTIONS")
+        assert failed.value.errno == 1295 and "as plain queries" in failed.value.msg
+        plain = conn.cursor()
+        plain.execute("SHOW DBMESH TRANSACTIONS")  # the same session, text protocol
+        assert plain.fetchall() == []
+    finally:
+        conn.close()
+
+
 # -- the recovery sweep of a running sidecar ------------------------------------------------------
 
 

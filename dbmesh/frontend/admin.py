@@ -25,6 +25,7 @@ from ..errors import ProxyError
 from ..protocol.constants import COLLATION_BINARY, FieldType
 from ..protocol.packets import Column, ok_packet
 from . import admin_sql, base_mode
+from .statement import is_admin
 
 if TYPE_CHECKING:
     from .server import Server
@@ -36,6 +37,7 @@ ER_ERROR_DURING_ROLLBACK = 1180
 ER_SPECIFIC_ACCESS_DENIED = 1227
 ER_XAER_NOTA = 1397
 ER_XAER_RMFAIL = 1399
+ER_UNSUPPORTED_PS = 1295
 
 _TIME = {"type": FieldType.DATETIME, "length": 26, "decimals": 6, "charset": COLLATION_BINARY}
 _SECONDS = {"type": FieldType.NEWDECIMAL, "length": 20, "decimals": 3, "charset": COLLATION_BINARY}
@@ -44,6 +46,15 @@ COLUMNS = [Column("xid", length=512), Column("mode", length=64), Column("status"
            Column("created", **_TIME), Column("updated", **_TIME),
            Column("age_s", **_SECONDS), Column("idle_s", **_SECONDS),
            Column("running_here", length=12), Column("detail", length=65535)]
+
+
+def refuse_prepare(sql: bytes) -> None:
+    """COM_STMT_PREPARE of an admin statement: refused as the server refuses statements it
+    runs only as plain queries (they would otherwise reach a backend as bad SQL)."""
+    if is_admin(sql):
+        raise ProxyError(ER_UNSUPPORTED_PS, "HY000",
+                         "This command is not supported in the prepared statement protocol yet: run the dbmesh "
+                         "admin statements as plain queries (a client-side or non-prepared cursor)")
 
 
 async def execute(session: Session, sql: bytes) -> None:

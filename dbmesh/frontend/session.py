@@ -663,6 +663,7 @@ class Session:
         return stmt
 
     async def com_stmt_prepare(self, payload: bytes) -> None:
+        admin.refuse_prepare(payload[1:])
         if self._is_sharded():
             await sharded_prepared.prepare(self, payload)
             return

@@ -116,7 +116,7 @@ def _classify(sql: bytes) -> Statement:
         # Versioned comments hide executable SQL (mysqldump's SET @OLD_...); be conservative.
         return Statement(Kind.PASS, pin_reason="versioned comment")
     body = sql[pos:] if pos else sql
-    if keyword == b"DBMESH" or (keyword == b"SHOW" and _SHOW_DBMESH.match(body)):
+    if _is_admin(keyword, body):
         return ADMIN  # before the multi-statement split: admin.py refuses a second statement clearly
     if has_several_statements(sql, pos):
         return _classify_multi(sql)
@@ -147,6 +147,16 @@ def _classify(sql: bytes) -> Statement:
     if keyword == b"SET":
         return _classify_set(body)
     return _pinning(sql, keyword, sql.upper()) or (WRITE if keyword in _WRITE_KEYWORDS else PASS)
+
+
+def _is_admin(keyword: bytes, body: bytes) -> bool:
+    return keyword == b"DBMESH" or (keyword == b"SHOW" and _SHOW_DBMESH.match(body) is not None)
+
+
+def is_admin(sql: bytes) -> bool:
+    """SHOW DBMESH ... / DBMESH ...: one of the sidecar's admin statements (admin.py)."""
+    keyword, pos = leading_keyword(sql)
+    return _is_admin(keyword, sql[pos:])
 
 
 def _pinning(sql: bytes, keyword: bytes, upper: bytes) -> Statement | None:
