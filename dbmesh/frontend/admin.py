@@ -173,6 +173,10 @@ async def _run(server: Server, action: str, item: Listed) -> tuple[str, str | Pr
         return "failed", ProxyError(errors.ER_QUERY_ON_FOREIGN_DATA_SOURCE, errors.SQLSTATE_LINK_FAILURE,
                                     f"DBMESH {action.upper()} TRANSACTION '{xid}' lost a data source ({exc}); "
                                     f"{_PARTLY[action]} once the data source is back")
+    except Exception as exc:  # noqa: BLE001 - the session and the sidecar go on
+        log.exception("DBMESH %s TRANSACTION %s failed", action.upper(), xid)
+        return "failed", ProxyError(errors.ER_UNKNOWN_ERROR, "HY000",
+                                    f"DBMESH {action.upper()} TRANSACTION '{xid}' failed: {exc}; {_PARTLY[action]}")
     return outcome or "moved", _retried(xid, txn.status, outcome, detail)
 
 
