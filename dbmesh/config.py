@@ -55,6 +55,8 @@ class UserConfig:
     name: str
     password: str
     databases: tuple[str, ...]  # logical databases this user may use; "*" means all
+    # May run the sidecar's admin statements (SHOW DBMESH TRANSACTIONS, DBMESH RETRY|FORGET ...).
+    admin: bool = False
 
     def may_use(self, database: str) -> bool:
         return "*" in self.databases or database in self.databases
@@ -130,6 +132,15 @@ class TransactionConfig:
 
 
 @dataclass(frozen=True)
+class TransactionRecoveryConfig:
+    """Server-wide (top-level ``transaction``): the BASE recovery sweep of a running sidecar
+    finishes, every ``base_sweep_interval_s``, the transactions idle for ``base_orphan_age_s``
+    that no session of the process drives."""
+    base_sweep_interval_s: float = 30.0
+    base_orphan_age_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class LogicalDatabaseConfig:
     name: str
     # Pass-through: every statement goes to this data source unchanged.
@@ -157,6 +168,7 @@ class Config:
     auto_increment_delay_multiplex_timeout_s: float = 1.0
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    transaction: TransactionRecoveryConfig = field(default_factory=TransactionRecoveryConfig)
     # Names this sidecar in XA transaction ids, so recovery after a restart touches only the
     # transactions it started (give each sidecar process of a deployment its own).
     instance_id: str = "dbmesh"
@@ -263,7 +275,7 @@ def _parse_users(raw: Any) -> dict[str, UserConfig]:
     for i, item in enumerate(raw):
         path = f"users[{i}]"
         section = _mapping(item, path)
-        _reject_unknown(section, {"name", "password", "databases"}, path)
+        _reject_unknown(section, {"name", "password", "databases", "admin"}, path)
         name = _str(section, "name", path)
         if name in users:
             raise ConfigError(f"{path}.name", f"user {name!r} is declared twice")
@@ -272,8 +284,12 @@ def _parse_users(raw: Any) -> dict[str, UserConfig]:
             dbs = [dbs]
         if not isinstance(dbs, list) or not all(isinstance(d, str) for d in dbs):
             raise ConfigError(f"{path}.databases", "expected a list of logical database names")
+        admin = section.get("admin", False)
+        if not isinstance(admin, bool):
+            raise ConfigError(f"{path}.admin", f"expected true or false (may the user run the dbmesh admin "
+                                               f"statements), got {admin!r}")
         users[name] = UserConfig(name=name, password=_str(section, "password", path, ""),
-                                 databases=tuple(dbs))
+                                 databases=tuple(dbs), admin=admin)
     return users
 
 
@@ -395,6 +411,10 @@ def _parse_shadow_sections(db: dict[str, Any], path: str, name: str, data_source
 
 def _parse_transaction(raw: Any, path: str, data_sources: dict[str, DataSourceConfig]) -> TransactionConfig:
     section = _mapping(raw, path)
+    for key in _RECOVERY_KEYS:
+        if key in section:
+            raise ConfigError(f"{path}.{key}", "is a setting of the whole sidecar (one recovery sweep serves "
+                                               "every database): put it in the top-level transaction section")
     _reject_unknown(section, {"mode", "log_data_source", "base_isolation", "lock_wait_timeout_s"}, path)
     log_ds = section.get("log_data_source")
     if log_ds is not None and log_ds not in data_sources:
@@ -407,6 +427,27 @@ def _parse_transaction(raw: Any, path: str, data_sources: dict[str, DataSourceCo
                                                     BASE_ISOLATIONS),
                              lock_wait_timeout_s=_float(section, "lock_wait_timeout_s", path,
                                                                   d.lock_wait_timeout_s))
+
+
+_RECOVERY_KEYS = ("base_sweep_interval_s", "base_orphan_age_s")
+
+
+def _parse_transaction_recovery(raw: Any) -> TransactionRecoveryConfig:
+    section = _mapping(raw, "transaction")
+    for key in section:
+        if key not in _RECOVERY_KEYS:
+            hint = (" (a database's transaction mode goes in databases.<name>.transaction)"
+                    if key in ("mode", "log_data_source", "base_isolation", "lock_wait_timeout_s") else "")
+            raise ConfigError(f"transaction.{key}", f"unknown key; expected one of {list(_RECOVERY_KEYS)}{hint}")
+    d = TransactionRecoveryConfig()
+    interval = _float(section, "base_sweep_interval_s", "transaction", d.base_sweep_interval_s)
+    if interval < 0.1:
+        raise ConfigError("transaction.base_sweep_interval_s",
+                          f"must be at least 0.1 (seconds between sweeps; each one queries every log data "
+                          f"source), got {interval:g}")
+    return TransactionRecoveryConfig(
+        base_sweep_interval_s=interval,
+        base_orphan_age_s=_float(section, "base_orphan_age_s", "transaction", d.base_orphan_age_s))
 
 
 def _parse_sharding(raw: Any, path: str, data_sources: dict[str, DataSourceConfig]) -> Any:
@@ -438,7 +479,7 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
     top = _mapping(raw, "")
     _reject_unknown(top, {"listen", "users", "data_sources", "databases", "default_data_source",
                           "auto_increment_delay_multiplex", "auto_increment_delay_multiplex_timeout_s",
-                          "metrics", "instance_id", "server"}, "(top level)")
+                          "metrics", "instance_id", "server", "transaction"}, "(top level)")
     server_section = _mapping(top.get("server"), "server")
     _reject_unknown(server_section, {"workers"}, "server")
     workers = server_section.get("workers", 1)
@@ -472,6 +513,7 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
                                                         "(top level)", 1.0),
         metrics=metrics,
         server=server,
+        transaction=_parse_transaction_recovery(top.get("transaction")),
         instance_id=_instance_id(top),
         source_path=source_path,
     )

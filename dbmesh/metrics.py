@@ -111,6 +111,14 @@ GLOBAL_TRANSACTIONS = Counter("dbmesh_global_transactions_total",
 BASE_NEEDS_ATTENTION = Counter("dbmesh_base_needs_attention_total",
                                "BASE rollbacks not applied because another writer changed a row meanwhile",
                                ["database"])
+# Every worker reads the same log tables: the highest count any live worker saw.
+BASE_NEEDS_ATTENTION_NOW = Gauge("dbmesh_base_needs_attention_transactions",
+                                 "BASE transactions waiting for an operator (status needs_attention) on a log "
+                                 "data source, at the last recovery sweep or admin statement",
+                                 ["log_data_source"], multiprocess_mode="livemax")
+BASE_OPERATOR_ACTIONS = Counter("dbmesh_base_operator_actions_total",
+                                "DBMESH RETRY / FORGET TRANSACTION statements by what they ended with",
+                                ["action", "outcome"])
 BASE_RETRIES = Counter("dbmesh_base_statement_retries_total",
                        "BASE statements run again: a row held by another global transaction, or a deadlock",
                        ["database", "reason"])

@@ -41,20 +41,28 @@ async def recover(backends_for_log: Callable[[str], Backends], log_data_sources:
             txn = global_log.from_row(row)
             if txn.xid in running:
                 continue
-            outcome = await _finish(backends, txn, acquire, release, check)
+            try:
+                outcome, _ = await finish(backends, txn, acquire, release, check)
+            except Exception as exc:  # noqa: BLE001 - e.g. a participant is down: the others go on
+                log.warning("BASE transaction %s not finished (%s); the next recovery tries again", txn.xid, exc)
+                continue
             if outcome:
                 counts[outcome] += 1
                 log.info("recovered BASE transaction %s: %s", txn.xid, outcome)
     return counts
 
 
-async def _finish(backends: Backends, txn: global_log.GlobalTxn, acquire, release, check: bool) -> str | None:
+async def finish(backends: Backends, txn: global_log.GlobalTxn, acquire, release,
+                 check: bool = True) -> tuple[str | None, str]:
+    """Finish one transaction no session drives (recovery's way, also an operator's retry):
+    (outcome, what conflicted if the outcome is ``needs_attention``); outcome None when
+    someone else moved it meanwhile."""
     if txn.status in global_log.FINAL_STATUSES:
         await finish_clean_up(backends, txn.xid, txn.participants)
-        return "committed" if txn.status == global_log.COMMITTED else "rolled_back"
+        return ("committed" if txn.status == global_log.COMMITTED else "rolled_back"), ""
     claimed = await backends.log(global_log.set_status(txn.xid, global_log.ROLLING_BACK))
     if claimed.affected_rows != 1 and txn.status != global_log.ROLLING_BACK:
-        return None  # someone else moved it meanwhile
+        return None, ""  # someone else moved it meanwhile
     conns = []
     try:
         for p in txn.participants:
@@ -65,6 +73,6 @@ async def _finish(backends: Backends, txn: global_log.GlobalTxn, acquire, releas
             release(conn)
     if detail:
         log.warning("BASE transaction %s needs attention: %s", txn.xid, detail)
-        return "needs_attention"
+        return "needs_attention", detail
     await finish_clean_up(backends, txn.xid, txn.participants)
-    return "rolled_back"
+    return "rolled_back", ""

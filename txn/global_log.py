@@ -117,7 +117,8 @@ def set_participants(xid: str, participants: Sequence[Participant]) -> Statement
                      "WHERE xid = %s AND status = %s", (encode_participants(participants), xid, BEGUN))
 
 
-_SELECT = f"SELECT xid, mode, status, participants, created, updated, detail FROM {GLOBAL_TXN_TABLE}"
+_COLUMNS = "xid, mode, status, participants, created, updated, detail"
+_SELECT = f"SELECT {_COLUMNS} FROM {GLOBAL_TXN_TABLE}"
 
 
 def select_one(xid: str, lock: bool = False) -> Statement:
@@ -132,6 +133,42 @@ def select_for_recovery(xid_prefix: str, min_age_s: float, limit: int = 100) -> 
                      "AND updated < NOW(6) - INTERVAL %s MICROSECOND ORDER BY updated LIMIT %s",
                      (xid_prefix.replace("%", "\\%").replace("_", "\\_") + "%", NEEDS_ATTENTION,
                       int(min_age_s * 1_000_000), int(limit)))
+
+
+# What an operator may filter SHOW DBMESH TRANSACTIONS on, and how.
+LISTING_COLUMNS = ("xid", "mode", "status", "participants", "detail")
+LISTING_OPERATORS = ("=", "<>", "LIKE", "NOT LIKE")
+
+
+def select_listing(conditions: Sequence[tuple[str, str, str]] = (), limit: int | None = None) -> Statement:
+    """Every transaction matching all ``conditions`` ((column, operator, text)), oldest first,
+    as ``select_*`` rows followed by the age since created and since last updated in
+    microseconds, by the server's clock (the one that stamped them)."""
+    where = []
+    params: list[Any] = []
+    for column, operator, value in conditions:
+        if column not in LISTING_COLUMNS or operator not in LISTING_OPERATORS:
+            raise ValueError(f"cannot filter on {column} {operator}")
+        where.append(f"{column} {operator} %s")
+        params.append(value)
+    sql = (f"SELECT {_COLUMNS}, TIMESTAMPDIFF(MICROSECOND, created, NOW(6)), "
+           "TIMESTAMPDIFF(MICROSECOND, updated, NOW(6)) "
+           f"FROM {GLOBAL_TXN_TABLE}" + (f" WHERE {' AND '.join(where)}" if where else "")
+           + " ORDER BY created, xid")
+    if limit is not None:
+        sql += " LIMIT %s"
+        params.append(int(limit))
+    return Statement(sql, tuple(params))
+
+
+def count_status(status: str) -> Statement:
+    return Statement(f"SELECT COUNT(*) FROM {GLOBAL_TXN_TABLE} WHERE status = %s", (status,))
+
+
+def forget(xid: str) -> Statement:
+    """Drop a transaction's row whatever its status (an operator's FORGET, once its undo
+    rows and locks are gone)."""
+    return Statement(f"DELETE FROM {GLOBAL_TXN_TABLE} WHERE xid = %s", (xid,))
 
 
 def delete(*xids: str) -> Statement:

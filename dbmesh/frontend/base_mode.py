@@ -19,18 +19,17 @@ from txn.base_cleanup import CleanupQueue
 from txn.base_coordinator import Backends
 from txn.base_templates import Templates
 from txn.images import TableMeta
+from txn.recovery import no_such_table
 from txn.sqltext import Statement
 
 from .. import metrics
 from ..backend.connection import BackendConnection, BackendError, QueryResult
+from ..errors import ProxyError
 
 if TYPE_CHECKING:
     from .server import Server
 
 log = logging.getLogger("dbmesh.base")
-
-SWEEP_INTERVAL_S = 30.0
-SWEEP_MIN_AGE_S = 60.0  # a transaction idle this long with no session driving it is finished
 
 
 class BaseState:
@@ -47,6 +46,7 @@ class BaseState:
         self.meta_cache: dict[tuple[str, str], TableMeta] = {}
         self.templates = Templates()                # UPDATE/DELETE shapes' image SQL
         self.running: set[str] = set()            # xids a session is driving
+        self.operating: set[str] = set()          # xids an admin statement retries or forgets now
         self.cleanup = CleanupQueue(lambda ds, statement: run_plain(server, ds, statement))
 
 
@@ -138,21 +138,44 @@ async def recover(server: Server, min_age_s: float = 0.0, instance: str | None =
         lambda log_source: backends(server, log_source), base_log_sources(server),
         instance or server.config.instance_id,
         lambda ds: acquire_plain(server, ds), lambda conn: release_plain(server, conn),
-        min_age_s=min_age_s, running=server.base.running)
+        min_age_s=min_age_s, running=server.base.running | server.base.operating)
     for outcome, count in counts.items():
         if count:
             metrics.TRANSACTIONS_RECOVERED.labels("BASE", outcome).inc(count)
     return counts
 
 
-async def sweep_forever(server: Server) -> None:
-    """Now and again, finish transactions whose session went away without finishing them."""
-    while True:
-        await asyncio.sleep(SWEEP_INTERVAL_S)
+async def count_needs_attention(server: Server) -> dict[str, int]:
+    """needs_attention transactions per log data source (also the metric's figure)."""
+    counts = {}
+    for log_source in base_log_sources(server):
         try:
-            counts = await recover(server, SWEEP_MIN_AGE_S, server.base.xid_instance)
-        except (BackendError, OSError, ConnectionError, TimeoutError) as exc:
-            log.warning("BASE recovery sweep failed (%s); it runs again in %g s", exc, SWEEP_INTERVAL_S)
+            result = await run_plain(server, log_source, global_log.count_status(global_log.NEEDS_ATTENTION))
+        except BackendError as exc:
+            if no_such_table(exc):  # no BASE transaction ever logged here
+                continue
+            raise
+        counts[log_source] = int(result.rows[0][0])
+        metrics.BASE_NEEDS_ATTENTION_NOW.labels(log_source).set(counts[log_source])
+    return counts
+
+
+async def sweep_forever(server: Server) -> None:
+    """Now and again, finish transactions whose session went away without finishing them
+    (``transaction.base_sweep_interval_s``; idle for ``base_orphan_age_s``)."""
+    settings = server.config.transaction
+    while True:
+        await asyncio.sleep(settings.base_sweep_interval_s)
+        try:
+            counts = await recover(server, settings.base_orphan_age_s, server.base.xid_instance)
+            await count_needs_attention(server)
+        except (ProxyError, BackendError, OSError, ConnectionError, TimeoutError) as exc:
+            # e.g. a participant's data source is down (ProxyError from its pool): try again later.
+            log.warning("BASE recovery sweep failed (%s); it runs again in %g s", exc,
+                        settings.base_sweep_interval_s)
+            continue
+        except Exception:  # a sweep that died would leave orphans for good, silently
+            log.exception("BASE recovery sweep failed; it runs again in %g s", settings.base_sweep_interval_s)
             continue
         if any(counts.values()):
             log.info("BASE recovery sweep: %s", counts)

@@ -123,6 +123,7 @@ class Server:
             return
         try:
             counts = await base_mode.recover(self)
+            await base_mode.count_needs_attention(self)
         except (ProxyError, BackendError, OSError, ConnectionError) as exc:
             log.error("BASE recovery did not finish (%s); the sweep retries it", exc)
             return

@@ -31,7 +31,7 @@ from ..protocol.packets import (
     result_set_payloads,
 )
 from ..protocol.scanner import ResponseKind, ResponseScanner
-from . import handshake, sharded_prepared
+from . import admin, handshake, sharded_prepared
 from .fast_lane import FastLane
 from .read_split import ReadSplitting
 from .shadow import ShadowSession
@@ -472,6 +472,9 @@ class Session:
         if kind is Kind.PREVIEW:
             self._preview(sql)
             return
+        if kind is Kind.ADMIN:
+            await admin.execute(self, sql)
+            return
         if statement.session_set and statement.session_set[0] == "dbmesh_route":
             self._set_route(statement.session_set[1])
             return
@@ -672,6 +675,7 @@ class Session:
         return stmt
 
     async def com_stmt_prepare(self, payload: bytes) -> None:
+        admin.refuse_prepare(payload[1:])
         if self._is_sharded():
             await sharded_prepared.prepare(self, payload)
             return

@@ -20,6 +20,7 @@ class Kind(Enum):
     SHOW_DATABASES = auto()   # list the logical databases the user may use
     SELECT_DATABASE = auto()  # SELECT DATABASE(): the logical name, not the physical one
     PREVIEW = auto()          # PREVIEW <statement>: show the route units instead of running it
+    ADMIN = auto()            # SHOW DBMESH ... / DBMESH ...: the sidecar's admin statements (admin.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ PASS = Statement(Kind.PASS)
 READ = Statement(Kind.PASS, read_only=True)
 WRITE = Statement(Kind.PASS, writes=True)
 DIAGNOSTICS = Statement(Kind.PASS, diagnostics=True)
+ADMIN = Statement(Kind.ADMIN)
 _DIAGNOSTICS = re.compile(rb"SHOW\s+(?:COUNT\s*\(\s*\*\s*\)\s+)?(?:WARNINGS|ERRORS)\b", re.I)
 
 _LEADING = re.compile(rb"(?:\s+|/\*(?!!).*?\*/|(?:--\s|#)[^\n]*(?:\n|$))*", re.S)
@@ -73,6 +75,7 @@ _ROUTE_HINT = re.compile(rb"/\*\+?\s*dbmesh:(primary|replica)(?:=([\w.-]+))?\s*\
 _WRITE_KEYWORDS = {b"INSERT", b"UPDATE", b"DELETE", b"REPLACE", b"CREATE", b"ALTER", b"DROP", b"TRUNCATE",
                    b"RENAME", b"CALL", b"LOAD", b"COMMIT", b"GRANT", b"REVOKE"}
 _USE = re.compile(rb"USE\s+(`(?:[^`]|``)+`|[^\s;`]+)\s*;?\s*$", re.I | re.S)
+_SHOW_DBMESH = re.compile(rb"SHOW\s+DBMESH\b", re.I)
 _SHOW_DATABASES = re.compile(rb"SHOW\s+(?:DATABASES|SCHEMAS)\s*;?\s*$", re.I)
 _SELECT_DATABASE = re.compile(rb"SELECT\s+(?:DATABASE|SCHEMA)\s*\(\s*\)\s*;?\s*$", re.I)
 _SET_SIMPLE = re.compile(
@@ -112,9 +115,11 @@ def _classify(sql: bytes) -> Statement:
     if b"/*!" in sql:
         # Versioned comments hide executable SQL (mysqldump's SET @OLD_...); be conservative.
         return Statement(Kind.PASS, pin_reason="versioned comment")
+    body = sql[pos:] if pos else sql
+    if _is_admin(keyword, body):
+        return ADMIN  # before the multi-statement split: admin.py refuses a second statement clearly
     if has_several_statements(sql, pos):
         return _classify_multi(sql)
-    body = sql[pos:] if pos else sql
     if keyword == b"SELECT":
         if _SELECT_DATABASE.match(body):
             return Statement(Kind.SELECT_DATABASE)
@@ -142,6 +147,16 @@ def _classify(sql: bytes) -> Statement:
     if keyword == b"SET":
         return _classify_set(body)
     return _pinning(sql, keyword, sql.upper()) or (WRITE if keyword in _WRITE_KEYWORDS else PASS)
+
+
+def _is_admin(keyword: bytes, body: bytes) -> bool:
+    return keyword == b"DBMESH" or (keyword == b"SHOW" and _SHOW_DBMESH.match(body) is not None)
+
+
+def is_admin(sql: bytes) -> bool:
+    """SHOW DBMESH ... / DBMESH ...: one of the sidecar's admin statements (admin.py)."""
+    keyword, pos = leading_keyword(sql)
+    return _is_admin(keyword, sql[pos:])
 
 
 def _pinning(sql: bytes, keyword: bytes, upper: bytes) -> Statement | None:
