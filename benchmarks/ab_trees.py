@@ -6,6 +6,9 @@ tree), plus HAProxy as a reference. Then it alternates short sysbench runs betwe
 round after round, the order reversed every other round, so a drift of the machine spreads
 over all trees. It prints, per tree, the medians of QPS, proxy CPU per statement and proxy
 user CPU per statement, and the median of the per-round ratios against the first tree.
+Two references run on the unsharded table: HAProxy in TCP mode, and
+harness/python_relay.py, a byte relay on uvloop that parses nothing (the floor of any
+Python proxy on this machine).
 
     .venv/bin/python benchmarks/ab_trees.py --tree main=main --tree head=. --rounds 6
     .venv/bin/python benchmarks/ab_trees.py --tree a=HEAD~1 --tree b=HEAD --config sharded --text
@@ -92,9 +95,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Figures]:
             started.append(proxy)
             endpoints[name] = (proxy, cluster.proxy_endpoint(proxy.port))
         shard = box.info().shard("ds_0")
-        haproxy = services.start_haproxy(shard.host, shard.port, workdir)
-        started.append(haproxy)
-        endpoints[REFERENCE] = (haproxy, cluster.direct_endpoint(box, haproxy.port))
+        # References on ds_0's unsharded table: HAProxy, and a Python relay that parses nothing.
+        for name, start in ((REFERENCE, services.start_haproxy), ("py-relay", services.start_python_relay)):
+            reference = start(shard.host, shard.port, workdir)
+            started.append(reference)
+            endpoints[name] = (reference, cluster.direct_endpoint(box, reference.port))
         workload = sysbench.Workload(args.script, not args.text, args.threads)
         for service, endpoint in endpoints.values():  # warm-up: logins, plan caches, pools
             measure(service, workload, endpoint, 1, args.table_size)

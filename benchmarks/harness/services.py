@@ -158,6 +158,13 @@ def start_haproxy(backend_host: str, backend_port: int, workdir: Path, maxconn: 
     return _spawn("haproxy", ["haproxy", "-db", "-f", str(config_path)], port, workdir)
 
 
+def start_python_relay(backend_host: str, backend_port: int, workdir: Path) -> Service:
+    """python_relay.py: a 1:1 TCP relay on uvloop, the floor of any Python proxy."""
+    port = free_port()
+    cmd = [sys.executable, str(Path(__file__).with_name("python_relay.py")), str(port), backend_host, str(backend_port)]
+    return _spawn("python-relay", cmd, port, workdir)
+
+
 def haproxy_version() -> str:
     done = subprocess.run(["haproxy", "-v"], capture_output=True, text=True, check=False)
     return done.stdout.splitlines()[0] if done.stdout else "unknown"

@@ -107,6 +107,7 @@ class Session:
         self.last_conn: BackendConnection | None = None  # preferred on the next borrow
         self.keep_for_statements = 0                     # after an AUTO_INCREMENT insert
         self.statements: dict[int, ClientStatement] = {}
+        self.cursors_opened = False  # some statement was ever executed with a cursor
         self.next_stmt_id = 1
         self.scramble = b""
         self.sharded = ShardedExecutor(self)
@@ -194,6 +195,8 @@ class Session:
         self.server.session_closed(self)
 
     def _has_cursor(self) -> bool:
+        if not self.cursors_opened:  # the usual case, asked after every statement
+            return False
         for stmt in self.statements.values():  # a loop: any() with a generator costs more here
             if stmt.cursor_conn is not None:
                 return True
@@ -770,6 +773,7 @@ class Session:
             raise
         if payload[5] & CURSOR_TYPE_READ_ONLY and scanner.status & ServerStatus.CURSOR_EXISTS:
             stmt.cursor_conn = conn
+            self.cursors_opened = True
         self._after_response(conn, scanner)
 
     async def relay_execute(self, conn: BackendConnection, stmt: ClientStatement, payload: bytes,

@@ -84,6 +84,11 @@ class ResponseScanner:
     def feed(self, data: bytes | memoryview) -> int:
         """Consume ``data``; return how many bytes belong to this response (less than
         len(data) only when the response ended before the chunk did)."""
+        if self._state == _State.FIRST and self.kind == ResponseKind.RESULT and not self._remaining \
+                and not self._header and not self._continuation:
+            used = self._whole_result_set(data)
+            if used:
+                return used
         pos = 0
         end = len(data)
         while pos < end and not self.done:
@@ -132,6 +137,55 @@ class ResponseScanner:
             self._remaining -= take
             if self._remaining == 0:
                 self._packet_complete()
+        return pos
+
+    def _whole_result_set(self, data: bytes | memoryview) -> int:
+        """The usual answer to a query, one result set of fewer than 251 columns wholly in
+        ``data``, walked in one tight loop: how many bytes it took, or 0 to leave ``data`` to
+        the general walk (anything else: OK, ERR, a partial result, several result sets, a
+        cursor, 16 MiB packets)."""
+        end = len(data)
+        if end < 5 or data[0] != 1 or data[1] or data[2]:
+            return 0  # not a one-byte column count: OK, ERR, LOCAL INFILE, or a lenenc count
+        count = data[4]
+        if count == 0 or count >= 0xFB:
+            return 0
+        pos = 5
+        for _ in range(count):  # column definitions, only counted
+            if pos + 4 > end:
+                return 0
+            pos += 4 + (data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16)
+        deprecate_eof = self.deprecate_eof
+        if not deprecate_eof:  # the EOF after the definitions: a cursor sends no rows now
+            if pos + 9 > end or data[pos + 4] != EOF_HEADER or data[pos] >= 9 or data[pos + 1] or data[pos + 2]:
+                return 0
+            if (data[pos + 7] | data[pos + 8] << 8) & ServerStatus.CURSOR_EXISTS:
+                return 0
+            pos += 4 + data[pos]
+        while True:  # rows, up to the packet that ends them
+            if pos + 4 > end:
+                return 0
+            length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+            start = pos + 4
+            pos = start + length
+            if pos > end or length >= MAX_PACKET:
+                return 0
+            first = data[start] if length else -1
+            if first == EOF_HEADER and (length < 9 or deprecate_eof):
+                break
+            if first == ERR_HEADER:
+                return 0
+        if deprecate_eof and length >= 7:
+            self._on_ok(bytes(data[start:pos]))
+        else:
+            self.warnings, self.status = parse_eof(bytes(data[start:pos]))
+        if self.status & ServerStatus.MORE_RESULTS_EXISTS:
+            self.__init__(self.kind, deprecate_eof)  # leave it all to the general walk
+            return 0
+        self.num_columns = count
+        self.result_sets = 1
+        self._state = _State.DONE
+        self.done = True
         return pos
 
     def _packet_complete(self) -> None:
