@@ -115,23 +115,29 @@ class _BackendProtocol(asyncio.StreamReaderProtocol):
     def __init__(self, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop):
         super().__init__(reader, loop=loop)
         self.relay: _Relay | None = None
+        # Bytes or the end arrived outside a relay since closed_while_idle() last looked.
+        self.disturbed = False
 
     def data_received(self, data: bytes) -> None:
         relay = self.relay
         if relay is None:
+            self.disturbed = True
             super().data_received(data)
             return
         rest = relay.feed(data)
         if rest:  # bytes after the response's end: leave them to the stream (see closed_while_idle)
+            self.disturbed = True
             super().data_received(rest)
 
     def eof_received(self) -> bool:
+        self.disturbed = True
         relay = self.relay
         if relay is not None:
             relay.fail(ConnectionClosed("backend closed the connection"))
         return super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.disturbed = True
         relay = self.relay
         if relay is not None:
             relay.fail(exc if isinstance(exc, OSError) else ConnectionClosed("backend closed the connection"))
@@ -334,7 +340,6 @@ class BackendConnection:
         as it arrives; ``on_done(scanner, error)`` is called from the event loop's callbacks
         when it is complete (error None) or when the connection failed (error set; the
         connection is then broken). Meanwhile nothing else may use this connection."""
-        self.last_used = time.monotonic()
         self._statements.count += 1
         scanner = ResponseScanner(kind, self.deprecate_eof)
         self.response_started = False
@@ -362,7 +367,11 @@ class BackendConnection:
         self._protocol.relay = None
         self.response_started = relay.started
         if exc is None:
-            self._track(relay.scanner)
+            scanner = relay.scanner
+            if scanner.status_seen:
+                status = scanner.status
+                self.in_transaction = bool(status & ServerStatus.IN_TRANS)
+                self.autocommit = bool(status & ServerStatus.AUTOCOMMIT)
         else:
             self.broken = True
             self._errors.count += 1
@@ -521,11 +530,18 @@ class BackendConnection:
     def closed_while_idle(self) -> bool:
         """Did the server hang up (restart, wait_timeout, KILL), or send something unasked,
         while this connection sat idle? The transport keeps reading, so it is known for free."""
+        protocol = self._protocol
+        if protocol is not None and not protocol.disturbed and not self.broken:
+            return False  # nothing arrived, nothing ended since the last look: the usual case
         reader = self.reader
         if reader is None or self.writer is None or self.writer.transport.is_closing():
             return True
         # StreamReader has no public look at pending bytes, nor at EOF with bytes pending.
-        return reader.exception() is not None or reader._eof or bool(reader._buffer)
+        if reader.exception() is not None or reader._eof or bool(reader._buffer):
+            return True
+        if protocol is not None:
+            protocol.disturbed = False  # what arrived was read (login, the sidecar's own queries)
+        return False
 
     def close_statement(self, stmt_id: int) -> None:
         self.send(bytes((Command.STMT_CLOSE,)) + struct.pack("<I", stmt_id))

@@ -114,7 +114,8 @@ class Pool:
             return
         conn.last_used = time.monotonic()
         self._idle.setdefault(conn.pool_key, []).append(conn)
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def _discard(self, conn: BackendConnection) -> None:
         conn.close()

@@ -392,13 +392,16 @@ class Session:
     def _borrow_now(self) -> BackendConnection | None:
         """borrow() when it needs no I/O (an idle connection in sync), without its coroutine."""
         conn = self.held
+        route = self._route()
         if conn is None:
-            pool = self._route().pool
-            conn = pool.acquire_idle(self.caps_key, self.last_conn)
+            conn = route.pool.acquire_idle(self.caps_key, self.last_conn)
             if conn is None:
                 return None
-            self.held, self.held_pool = conn, pool
-        return conn if self._in_sync(conn) else None
+            self.held, self.held_pool = conn, route.pool
+        if (conn.session_vars == self.vars_signature and conn.autocommit == self.autocommit
+                and (self.database is None or conn.database == route.physical_database)):
+            return conn  # in sync: the usual case
+        return None
 
     async def relay(self, payload: bytes, kind: ResponseKind) -> ResponseScanner | None:
         """Borrow a backend, relay one command's response to the client, give it back."""
