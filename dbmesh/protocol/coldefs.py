@@ -21,14 +21,38 @@ if TYPE_CHECKING:
     from ..config import Config, LogicalDatabaseConfig
 
 
+_HEADS_REMEMBERED = 512  # renamed result-set heads kept per renamer (statement shapes)
+
+
 class Renamer:
     """Physical -> logical names (lower-case UTF-8 keys) of one data source of a database."""
 
-    __slots__ = ("schemas", "tables")
+    __slots__ = ("schemas", "tables", "_heads")
 
     def __init__(self, schemas: dict[bytes, bytes], tables: dict[bytes, bytes]):
         self.schemas = schemas
         self.tables = tables
+        self._heads: dict[bytes, bytes] = {}
+
+    def head(self, wire: bytes) -> bytes:
+        """A result set's column count and definitions (wire bytes, headers included) with
+        logical names; remembered, since a statement shape answers with the same head."""
+        found = self._heads.get(wire)
+        if found is None:
+            if len(self._heads) >= _HEADS_REMEMBERED:
+                self._heads.clear()
+            found = self._heads[wire] = self._rename_head(wire)
+        return found
+
+    def _rename_head(self, wire: bytes) -> bytes:
+        length = wire[0] | wire[1] << 8 | wire[2] << 16
+        out = [wire[:4 + length]]  # the column count
+        pos = 4 + length
+        while pos < len(wire):
+            length = wire[pos] | wire[pos + 1] << 8 | wire[pos + 2] << 16
+            out.append(frame(self.column(wire[pos + 4:pos + 4 + length]), wire[pos + 3])[0])
+            pos += 4 + length
+        return b"".join(out)
 
     def column(self, payload: bytes) -> bytes:
         """One column definition with logical names; the same object when nothing changes."""
@@ -116,59 +140,65 @@ def _production_name(pattern: str, shadow: str) -> str:
 
 class RenamingSink:
     """Stands in for the client's writer while a backend's result is relayed raw: the
-    column definitions are renamed, everything after them is written untouched."""
+    column definitions are renamed, everything after them is written untouched.
+
+    The head of a result set (column count and definitions, as wire bytes) is the same for
+    every execution of a statement shape, so its renamed form is remembered per renamer:
+    the usual answer costs one dictionary lookup."""
 
     def __init__(self, writer: asyncio.StreamWriter, renamer: Renamer):
+        self._write = writer.write
         self._writer = writer
         self.transport = writer.transport
         self._renamer = renamer
-        self._pending: bytearray | None = bytearray()  # None once the definitions are out
-        self._out: list[bytes] = []
-        self._columns = -1                              # definitions still expected; -1: count not seen
+        self._pending = b""     # an unfinished head from earlier chunks
+        self._renamed = False   # the head is out: the rest passes through
 
     def write(self, data: bytes | memoryview) -> None:
-        if self._pending is None:
-            self._writer.write(data)
+        if self._renamed:
+            self._write(data)
             return
-        self._pending += data
-        self._consume()
-
-    def _consume(self) -> None:
-        buf = self._pending
-        pos = 0
-        while len(buf) - pos >= 4:
-            length = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
-            end = pos + 4 + length
-            if end > len(buf):
-                break
-            if self._columns < 0:
-                first = buf[pos + 4] if length else OK_HEADER
-                if first in (OK_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER):
-                    self._flush(buf, pos)  # no result set: nothing to rename
-                    return
-                self._columns = read_lenenc_int(bytes(buf[pos + 4:end]), 0)[0] or 0
-                self._out.append(bytes(buf[pos:end]))
-            else:
-                payload = self._renamer.column(bytes(buf[pos + 4:end]))
-                self._out.append(frame(payload, buf[pos + 3])[0])
-                self._columns -= 1
-            pos = end
-            if self._columns == 0:
-                self._flush(buf, pos)
-                return
-        del buf[:pos]
-
-    def _flush(self, buf: bytearray, pos: int) -> None:
-        self._out.append(bytes(buf[pos:]))
-        self._writer.write(b"".join(self._out))
-        self._pending = None
-        self._out = []
+        if self._pending:
+            data = self._pending + bytes(data)
+        head_end = _head_end(data)
+        if head_end < 0:
+            self._pending = bytes(data)  # wait for the rest of the definitions
+            return
+        self._renamed = True
+        self._pending = b""
+        if head_end == 0:  # OK, ERR, LOCAL INFILE: no result set, nothing to rename
+            self._write(data)
+            return
+        self._write(self._renamer.head(bytes(data[:head_end])) + data[head_end:])
 
     async def drain(self) -> None:
         await self._writer.drain()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._writer, name)
+
+
+def _head_end(data: bytes | memoryview) -> int:
+    """Where the column count and definitions at the start of ``data`` end: 0 when the
+    answer is not a result set, -1 when ``data`` does not hold them all yet."""
+    end = len(data)
+    if end < 4:
+        return -1
+    length = data[0] | data[1] << 8 | data[2] << 16
+    if end < 4 + length:
+        return -1
+    first = data[4] if length else OK_HEADER
+    if first in (OK_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER):
+        return 0
+    columns = read_lenenc_int(bytes(data[4:4 + length]), 0)[0] or 0
+    pos = 4 + length
+    for _ in range(columns):
+        if pos + 4 > end:
+            return -1
+        pos += 4 + (data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16)
+        if pos > end:
+            return -1
+    return pos
 
 
 def logical_sink(writer: asyncio.StreamWriter, config: Config, database: str,
