@@ -277,6 +277,32 @@ class PlanCache:
         result.units = [RouteUnit(u.data_source, self._fill(u.sql, literals)) for u in result.units]
         return result
 
+    def point_read(self, sql: str, logical_db: str) -> tuple[str, str] | None:
+        """(data source, actual SQL) of a SELECT whose shape is a known point shape without
+        locking (one plan() has seen), found from its sharding literals alone: no Plan, no
+        conversion of the other literals. None: ask plan(). The caller makes sure that no
+        routing hints apply."""
+        pieces = _split(sql)
+        if pieces is None:
+            return None
+        key = (logical_db, *pieces[0::2])
+        point = self._points.get(key)
+        if point is None or point is _UNCACHEABLE or point.kind != "select" or point.locking:
+            return None
+        tree = self._trees.get(key)
+        if tree is None:
+            return None
+        literals = pieces[1::2]
+        values: list[Any] = [None] * len(literals)
+        for _, i in point.positions:
+            text = literals[i]
+            values[i] = _string_value(text) if text[0] == "'" else _number_value(text)
+        node = point.node(values)
+        if node is None:
+            return None
+        self.hits += 1
+        return node.data_source, self._fill(planner._render(tree, {point.table: node.table}, logical_db), literals)
+
     def _fill(self, sql: str, literals: list[str]) -> str:
         """``sql`` with each placeholder marker replaced by the client's literal text; the
         split of a rendered SQL is kept (a few distinct texts per shape, reused per hit)."""

@@ -113,3 +113,22 @@ def test_point_shapes_leave_hinted_statements_to_the_planner(rules):
     finally:
         planner.ROUTING_HINTS.reset(token)
     assert hinted is not None and not cache._points  # not even analysed under hints
+
+
+@pytest.mark.parametrize("template", POINT_SHAPES + NOT_POINT_SHAPES)
+def test_point_read_routes_like_plan_and_only_plain_reads(rules, template):
+    """The fast lane's lookup: the same unit as plan() for a known, non-locking SELECT point
+    shape; None for anything else (writes, FOR UPDATE, shapes that need the planner)."""
+    cache = PlanCache()
+    first = template.format(a=1, b=2)
+    assert cache.point_read(first, "shop") is None  # a shape plan() has not seen yet
+    cache.plan(first, rules, "shop")
+    plain_read = template in POINT_SHAPES and template.startswith("SELECT") and "FOR UPDATE" not in template
+    for a, b in [(7, 3), (10, 10), (123456789, 0), (4, 1)]:
+        sql = template.format(a=a, b=b)
+        found = cache.point_read(sql, "shop")
+        if not plain_read:
+            assert found is None, sql
+            continue
+        (unit,) = cache.plan(sql, rules, "shop").units
+        assert found == (unit.data_source, unit.sql), sql

@@ -166,20 +166,25 @@ class FastLane:
             return None
         if session.shadow.flag or session.database in session.shadow.databases:
             return None
+        text = sql.decode("utf-8", "surrogateescape")
+        plan_cache = session.server.plan_cache
         try:
-            plan = session.server.plan_cache.plan(sql.decode("utf-8", "surrogateescape"), executor.rules,
-                                                  session.database)
+            route = plan_cache.point_read(text, session.database)
+            if route is None:
+                plan = plan_cache.plan(text, executor.rules, session.database)
+                if plan is None or len(plan.units) != 1 or plan.kind != "select" or plan.locking \
+                        or plan.force_primary:
+                    return None
+                route = plan.units[0].data_source, plan.units[0].sql
         except ShardingError:
             return None  # the command loop words the error
-        if plan is None or len(plan.units) != 1 or plan.kind != "select" or plan.locking or plan.force_primary:
-            return None
-        unit = plan.units[0]
-        pool = executor._replica_pool(unit.data_source) or session.server.pools[unit.data_source]
-        conn = self._idle_shard_connection(pool, unit.data_source)
+        data_source, actual_sql = route
+        pool = executor._replica_pool(data_source) or session.server.pools[data_source]
+        conn = self._idle_shard_connection(pool, data_source)
         if conn is None:
             return None
-        wire = framed(bytes((Command.QUERY,)) + unit.sql.encode("utf-8", "surrogateescape"), 0)
-        sink = logical_sink(session.writer, session.config, session.database, unit.data_source)
+        wire = framed(bytes((Command.QUERY,)) + actual_sql.encode("utf-8", "surrogateescape"), 0)
+        sink = logical_sink(session.writer, session.config, session.database, data_source)
         return conn, wire, sink, pool, None
 
     def _sharded_point_execute(self, data: bytes, stmt: ClientStatement) -> _Route | None:
