@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import threading
 import time
 
@@ -152,6 +154,39 @@ def test_replica_down_and_back(rw_proxy, sandbox, server_ids):
         stop.set()
         for t in threads:
             t.join(30)
+
+
+def test_read_in_flight_on_a_replica_that_dies_is_served_by_the_primary(rw_proxy, sandbox, server_ids):
+    """Nothing of the answer reached the client when the replica died: the read is served
+    again, by the primary, and the client sees no error."""
+    primary, replica = server_ids["ds_0"], server_ids[REPLICA]
+    wait_until(lambda: server_id_of(rw_proxy) == replica)
+    answer: dict[str, object] = {}
+
+    def slow_read() -> None:
+        try:
+            answer["row"] = server_id_of(rw_proxy, "SELECT @@server_id FROM rw_items WHERE SLEEP(2) = 0")
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            answer["error"] = exc
+
+    def sleeping_on_replica() -> bool:
+        with sandbox.admin_connect(REPLICA) as conn, conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%SLEEP(2)%' "
+                        "AND INFO NOT LIKE '%PROCESSLIST%'")
+            return cur.fetchone()[0] > 0
+
+    reader = threading.Thread(target=slow_read)
+    reader.start()
+    try:
+        wait_until(sleeping_on_replica)
+        os.kill(sandbox.instances[REPLICA].pid, signal.SIGKILL)  # no goodbye packet: the socket just ends
+        reader.join(30)
+        assert answer == {"row": primary}, answer
+    finally:
+        reader.join(30)
+        sandbox.start_instance(REPLICA)
+        sandbox.sync_replicas()
+        wait_until(lambda: server_id_of(rw_proxy) == replica)
 
 
 def test_lagging_replica_is_excluded(rw_proxy, sandbox, server_ids):

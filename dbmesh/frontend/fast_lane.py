@@ -37,6 +37,7 @@ from .statement import Kind, classify
 
 if TYPE_CHECKING:
     from ..backend.pool import Pool
+    from ..backend.replicas import Replica, ReplicaSet
     from .session import ClientStatement, Session
 
 log = logging.getLogger("dbmesh.session")
@@ -49,15 +50,15 @@ _CLIENT_BUFFER_BACKLOG = 65536
 
 
 # What a fast-lane command needs: the backend connection, the wire bytes to send it, where
-# the answer goes, the pool to return the connection to (None: the session holds it), and
-# the data source a sharded write changed (read-your-writes), if any.
-_Route = tuple[BackendConnection, bytes, object, "Pool | None", "str | None"]
+# the answer goes, the pool to return the connection to (None: the session holds it), the
+# data source a write changes (read-your-writes), if any, and the replica serving a read.
+_Route = tuple[BackendConnection, bytes, object, "Pool | None", "str | None", "Replica | None"]
 
 
 class FastLane:
     """One session's fast lane; the session's PacketProtocol calls it with whole packets."""
 
-    __slots__ = ("session", "protocol", "conn", "pool", "wrote_to", "idle_timer", "closed")
+    __slots__ = ("session", "protocol", "conn", "pool", "wrote_to", "replica", "command", "idle_timer", "closed")
 
     def __init__(self, session: Session, protocol: PacketProtocol):
         self.session = session
@@ -66,7 +67,9 @@ class FastLane:
         # Where that connection goes back: None, the session holds it (pass-through); else a
         # sharded statement borrowed it from this pool for the one statement.
         self.pool: Pool | None = None
-        self.wrote_to: str | None = None  # a sharded point write on this data source
+        self.wrote_to: str | None = None  # a write on this data source, for read-your-writes
+        self.replica: Replica | None = None  # the replica serving a read
+        self.command = b""  # the client's packet, handed to the command loop if a replica fails
         # After an insert the session keeps its connection for a few statements; the command
         # loop, asleep on a plain read, cannot time that out, so this timer does.
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -97,7 +100,8 @@ class FastLane:
             return False
         if route is None:
             return False
-        conn, wire, sink, self.pool, self.wrote_to = route
+        conn, wire, sink, self.pool, self.wrote_to, self.replica = route
+        self.command = data
         self.session.packets.seq = data[3]  # errors the session sends continue the command's sequence
         self.conn = conn
         self.protocol.busy = True
@@ -128,7 +132,7 @@ class FastLane:
         except ProxyError:
             return None  # the command loop reports it
         conn.prepared.move_to_end(key)
-        return conn, framed(packet, 0), session.writer, None, None
+        return conn, framed(packet, 0), session.writer, None, None, None
 
     def _query(self, data: bytes) -> _Route | None:
         """Where to send a plain text statement (as the client framed it)."""
@@ -140,17 +144,41 @@ class FastLane:
         statement = classify(sql)
         if statement.kind is not Kind.PASS or statement.session_set or statement.pin_reason:
             return None
-        if route.has_replicas and (statement.read_only or statement.writes or statement.diagnostics):
-            return None  # read/write splitting decides (and remembers writes)
         if session.shadow.flag or session.database in session.shadow.databases or b"dbmesh:" in sql:
             return None
         held = session.held
         if held is not None and held.role != "primary":
-            return None
+            return None  # a replica kept for SHOW WARNINGS: the command loop gives it back
+        wire = data if data[3] == 0 else framed(data[4:], 0)
+        wrote_to = None
+        if route.has_replicas:  # read/write splitting (frontend/read_split.py)
+            if statement.diagnostics:
+                return None
+            replicas = session.read_splitting._replica_set()
+            if statement.read_only:
+                try:
+                    replica = session.read_splitting._choose(replicas, statement)
+                except ProxyError:
+                    return None  # the command loop words it
+                if replica is not None:
+                    return self._replica_read(wire, replicas, replica, route.physical_database)
+            elif statement.writes:
+                if replicas.config.read_your_writes == "gtid":
+                    return None  # the write's GTID is asked for with a coroutine
+                wrote_to = replicas.data_source
         conn = session._borrow_now()
         if conn is None:
             return None
-        return conn, data if data[3] == 0 else framed(data[4:], 0), session.writer, None, None
+        return conn, wire, session.writer, None, wrote_to, None
+
+    def _replica_read(self, wire: bytes, replicas: ReplicaSet, replica: Replica, database: str | None) -> _Route | None:
+        session = self.session
+        if replicas.config.read_your_writes == "gtid" and session.last_gtid.get(replicas.data_source):
+            return None  # the replica must first catch up to this session's write (a coroutine)
+        conn = self._idle_connection(replica.pool, database)
+        if conn is None:
+            return None
+        return conn, wire, session.writer, replica.pool, None, replica
 
     # -- sharded databases -------------------------------------------------------------------
 
@@ -180,12 +208,12 @@ class FastLane:
             return None  # the command loop words the error
         data_source, actual_sql = route
         pool = executor._replica_pool(data_source) or session.server.pools[data_source]
-        conn = self._idle_shard_connection(pool, data_source)
+        conn = self._idle_connection(pool, session.config.data_sources[data_source].database)
         if conn is None:
             return None
         wire = framed(bytes((Command.QUERY,)) + actual_sql.encode("utf-8", "surrogateescape"), 0)
         sink = logical_sink(session.writer, session.config, session.database, data_source)
-        return conn, wire, sink, pool, None
+        return conn, wire, sink, pool, None, None
 
     def _sharded_point_execute(self, data: bytes, stmt: ClientStatement) -> _Route | None:
         """A prepared point statement whose parameters route it to one node, where it is
@@ -212,7 +240,7 @@ class FastLane:
         if sql is None:
             return None
         pool = session.server.pools[node.data_source]
-        conn = self._idle_shard_connection(pool, node.data_source)
+        conn = self._idle_connection(pool, session.config.data_sources[node.data_source].database)
         if conn is None:
             return None
         backend = conn.prepared.get((conn.database, sql))
@@ -227,17 +255,18 @@ class FastLane:
         conn.prepared.move_to_end((conn.database, sql))
         stmt.param_types = param_types
         packet = packet[:5] + b"\x00" + packet[6:]  # no cursor: COM_STMT_FETCH is not routed here
-        return conn, framed(packet, 0), session.writer, pool, None if point.kind == "select" else node.data_source
+        wrote_to = None if point.kind == "select" else node.data_source
+        return conn, framed(packet, 0), session.writer, pool, wrote_to, None
 
-    def _idle_shard_connection(self, pool: Pool, data_source: str) -> BackendConnection | None:
-        """An idle connection of ``pool`` already in the session's state on the data source's
-        database, or None (the command loop then borrows and brings one to that state)."""
+    def _idle_connection(self, pool: Pool, database: str | None) -> BackendConnection | None:
+        """An idle connection of ``pool`` already in the session's state on ``database``, or
+        None (the command loop then borrows and brings one to that state)."""
         session = self.session
         conn = pool.acquire_idle(session.caps_key)
         if conn is None:
             return None
         if (conn.session_vars != session.vars_signature or conn.autocommit != session.autocommit
-                or conn.database != session.config.data_sources[data_source].database):
+                or conn.database != database):
             pool.release(conn)
             return None
         return conn
@@ -245,19 +274,60 @@ class FastLane:
     def _done(self, scanner: ResponseScanner, exc: BaseException | None) -> None:
         conn, self.conn = self.conn, None
         session = self.session
-        if self.pool is not None:
-            self._sharded_done(conn, scanner, exc)
-        elif exc is None:
-            session._after_response(conn, scanner)
-            if session.keep_for_statements and session.held is not None:
-                self.idle_timer = asyncio.get_running_loop().call_later(
-                    session.config.auto_increment_delay_multiplex_timeout_s, self._client_idled)
-        else:
-            self._failed(conn, exc)
+        retry = False
+        try:
+            if self.replica is not None:
+                retry = self._replica_done(conn, scanner, exc)
+            elif self.pool is not None:
+                self._sharded_done(conn, scanner, exc)
+            elif exc is None:
+                session._after_response(conn, scanner)
+                if self.wrote_to is not None and scanner.error is None:
+                    session.last_write_at[self.wrote_to] = time.monotonic()
+                if session.keep_for_statements and session.held is not None:
+                    self.idle_timer = asyncio.get_running_loop().call_later(
+                        session.config.auto_increment_delay_multiplex_timeout_s, self._client_idled)
+            else:
+                self._failed(conn, exc)
+        except Exception:  # a bug here: the session's state is unknown, end it rather than hang
+            log.exception("session %d: fast-lane completion failed; closing the client connection",
+                          session.connection_id)
+            conn.broken = True
+            session.writer.transport.close()
         if self.closed is None:
-            self.protocol.command_done()
+            self.protocol.command_done(retry=self.command if retry else None)
         elif not self.closed.done():
             self.closed.set_result(None)
+
+    def _replica_done(self, conn: BackendConnection, scanner: ResponseScanner, exc: BaseException | None) -> bool:
+        """A replica's read is answered, or the replica failed: True to have the command
+        loop serve the command again (nothing reached the client; it picks another replica
+        or the primary), as it would have had it served the read itself."""
+        session = self.session
+        pool, self.pool = self.pool, None
+        replica, self.replica = self.replica, None
+        if exc is not None:
+            replicas = session.read_splitting._replica_set()
+            pool.release(conn)  # broken: closed
+            self._log_unexpected(exc)
+            replicas.mark_down(replica, str(exc))
+            if not conn.response_started:
+                return True
+            session.send_error(ProxyError(errors.ER_QUERY_ON_FOREIGN_DATA_SOURCE, errors.SQLSTATE_LINK_FAILURE,
+                                          f"Lost replica '{replica.name}' of data source "
+                                          f"'{replicas.data_source}' during a read"))
+            return False
+        if scanner.status_seen:
+            session.autocommit = bool(scanner.status & ServerStatus.AUTOCOMMIT)
+        if scanner.warnings:
+            # SHOW WARNINGS must run where the warnings are: keep the replica for one statement.
+            session.held, session.held_pool = conn, pool
+            session.keep_for_statements = max(session.keep_for_statements, 1)
+            self.idle_timer = asyncio.get_running_loop().call_later(
+                session.config.auto_increment_delay_multiplex_timeout_s, self._client_idled)
+        else:
+            pool.release(conn)
+        return False
 
     def _sharded_done(self, conn: BackendConnection, scanner: ResponseScanner, exc: BaseException | None) -> None:
         session = self.session

@@ -344,9 +344,14 @@ class PacketProtocol(asyncio.StreamReaderProtocol):
         if not waiter.done():
             waiter.set_result(None)  # read it from the stream
 
-    def command_done(self) -> None:
-        """The fast-lane command is answered: go on with what the client sent meanwhile."""
+    def command_done(self, retry: bytes | None = None) -> None:
+        """The fast-lane command is answered: go on with what the client sent meanwhile.
+        ``retry``: the command's packet, for the command loop to serve after all."""
         self.busy = False
+        if retry is not None:
+            waiter, self.waiter = self.waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(retry)
         backlog = self.backlog
         if backlog is not None:
             self.backlog = None
