@@ -256,7 +256,8 @@ class FastLane:
         stmt.param_types = param_types
         packet = packet[:5] + b"\x00" + packet[6:]  # no cursor: COM_STMT_FETCH is not routed here
         wrote_to = None if point.kind == "select" else node.data_source
-        return conn, framed(packet, 0), session.writer, pool, wrote_to, None
+        sink = logical_sink(session.writer, session.config, session.database, node.data_source)
+        return conn, framed(packet, 0), sink, pool, wrote_to, None
 
     def _idle_connection(self, pool: Pool, database: str | None) -> BackendConnection | None:
         """An idle connection of ``pool`` already in the session's state on ``database``, or
