@@ -319,10 +319,29 @@ def _plan_select(tree: exp.Select, rules: ShardingRuleSet, logical_db: str, para
         needs_rewrite = bool(mapping) or any(r.node.db for r in refs)
         sql = _render(tree, mapping, logical_db) if needs_rewrite or sql_text is None else sql_text
         return Plan("select", [RouteUnit(ds, sql)])
-    shard_tree = tree.copy()
-    merge = _shape_for_merge(shard_tree)
-    units = [RouteUnit(ds, _sql(_rename(shard_tree, mapping, logical_db))) for ds, mapping in route.units]
+    shard_tree, merge = _static(tree, "merge", lambda: _shaped_for_merge(tree))
+    units = [RouteUnit(ds, _render_shaped(tree, shard_tree, mapping, logical_db)) for ds, mapping in route.units]
     return Plan("select", units, merge=merge)
+
+
+def _shaped_for_merge(tree: exp.Select) -> tuple[exp.Select, SelectMerge]:
+    """What every unit of a merged SELECT runs (a rewritten copy) and how the rows merge.
+    Kept per shape on a cached tree: the merge never changes the SelectMerge it reads."""
+    shard_tree = tree.copy()
+    return shard_tree, _shape_for_merge(shard_tree)
+
+
+def _render_shaped(tree: exp.Expression, shard_tree: exp.Expression, mapping: dict[str, str],
+                   logical_db: str) -> str:
+    """SQL of a merged SELECT's unit; on a cached tree generated once per distinct route."""
+    memo = MEMOS.get(id(tree))
+    if memo is None:
+        return _sql(_rename(shard_tree, mapping, logical_db))
+    key = ("merged", logical_db, tuple(sorted(mapping.items())))
+    sql = memo.get(key)
+    if sql is None:
+        sql = memo[key] = _sql(_rename(shard_tree, mapping, logical_db))
+    return sql
 
 
 def _refuse_sharded_subqueries(tree: exp.Select, rules: ShardingRuleSet, logical_db: str) -> None:
