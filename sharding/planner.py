@@ -824,7 +824,9 @@ def _plan_insert(tree: exp.Insert, rules: ShardingRuleSet, logical_db: str, para
     key = rule.key_generator
     if key is not None and key.column.lower() not in columns:
         columns.append(key.column.lower())
-        target.append("expressions", exp.to_identifier(key.column))
+        # The column goes into a copy: the plan cache keeps ``tree`` for the next statement.
+        tree = tree.copy()
+        tree.this.append("expressions", exp.to_identifier(key.column))
         for row in rows:
             generated = key.next_id()
             if not generated_first and isinstance(generated, int):

@@ -137,3 +137,16 @@ def test_point_read_routes_like_plan_and_only_plain_reads(rules, template):
             continue
         (unit,) = cache.plan(sql, rules, "shop").units
         assert found == (unit.data_source, unit.sql), sql
+
+
+def test_generated_keys_leave_the_cached_tree_alone(rules):
+    """An INSERT without its generated key column gets the column added in its own copy: the
+    cached shape still lists only the client's columns for the next statement."""
+    cache = PlanCache()
+    for user in (3, 4, 5):
+        plan = cache.plan(f"INSERT INTO t_order (user_id, status) VALUES ({user}, 'gen')", rules, "shop")
+        assert plan is not None and plan.last_insert_id
+        [unit] = plan.units
+        assert unit.data_source == f"ds_{user % 2}"
+        assert f"(user_id, status, order_id) VALUES ({user}, 'gen', {plan.last_insert_id})" in unit.sql
+    assert cache.hits == 2
