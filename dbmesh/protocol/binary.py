@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from .constants import FieldFlag, FieldType
+from .constants import COLLATION_BINARY, FieldFlag, FieldType
 from .packets import Field, MalformedPacket, lenenc_str, read_lenenc_str
 
 _UNSIGNED_PARAM = 0x80  # high byte of a parameter type: unsigned
@@ -149,6 +149,84 @@ def decode_binary_row(payload: bytes, fields: Sequence[Field]) -> tuple[Any, ...
         value, pos = _decode_value(payload, pos, field.type, field.unsigned)
         values.append(value)
     return tuple(values)
+
+
+def text_form_decoder(fields: Sequence[Field]) -> Callable[[bytes], tuple[Any, ...]]:
+    """Values of one binary-protocol row payload in the forms textvalues.row_decoder gives for
+    the same row sent in the text protocol: temporal values as MySQL's text, strings of the
+    binary character set as bytes, other strings as str. So a merge compares rows of either
+    protocol alike (floats are plain floats here: the same order and equality)."""
+    readers = [_text_form_reader(f) for f in fields]
+    bitmap_end = 1 + (len(fields) + 9) // 8
+
+    def decode(payload: bytes) -> tuple[Any, ...]:
+        pos = bitmap_end
+        values: list[Any] = []
+        for i, read in enumerate(readers):
+            if payload[1 + (i + 2) // 8] & (1 << ((i + 2) % 8)):
+                values.append(None)
+                continue
+            value, pos = read(payload, pos)
+            values.append(value)
+        return tuple(values)
+
+    return decode
+
+
+def _text_form_reader(field: Field) -> Callable[[bytes, int], tuple[Any, int]]:
+    ftype = field.type
+    if ftype in (FieldType.DATE, FieldType.NEWDATE, FieldType.DATETIME, FieldType.TIMESTAMP):
+        return lambda buf, pos: _datetime_text(buf, pos, ftype, field.decimals)
+    if ftype == FieldType.TIME:
+        return lambda buf, pos: _time_text(buf, pos, field.decimals)
+    if ftype in _INT_FORMATS or ftype in (FieldType.FLOAT, FieldType.DOUBLE, FieldType.DECIMAL,
+                                          FieldType.NEWDECIMAL):
+        unsigned = field.unsigned
+        return lambda buf, pos: _decode_value(buf, pos, ftype, unsigned)
+    if field.charset == COLLATION_BINARY:
+        return read_lenenc_str
+
+    def text(buf: bytes, pos: int) -> tuple[Any, int]:
+        raw, pos = read_lenenc_str(buf, pos)
+        return raw.decode("utf-8", "surrogateescape"), pos
+
+    return text
+
+
+def _fraction(micro: int, decimals: int) -> str:
+    """MySQL's fraction digits for a column of ``decimals`` (0-6; other values: 6 when the
+    value has a fraction, as the column's precision is not fixed)."""
+    if 0 < decimals <= 6:
+        return "." + f"{micro:06d}"[:decimals]
+    if decimals > 6 and micro:
+        return f".{micro:06d}"
+    return ""
+
+
+def _datetime_text(buf: bytes, pos: int, ftype: int, decimals: int) -> tuple[str, int]:
+    length = buf[pos]
+    year = month = day = hour = minute = second = micro = 0
+    if length >= 4:
+        year, month, day = struct.unpack_from("<HBB", buf, pos + 1)
+    if length >= 7:
+        hour, minute, second = struct.unpack_from("<BBB", buf, pos + 5)
+    if length >= 11:
+        micro = struct.unpack_from("<I", buf, pos + 8)[0]
+    text = f"{year:04d}-{month:02d}-{day:02d}"
+    if ftype not in (FieldType.DATE, FieldType.NEWDATE):
+        text += f" {hour:02d}:{minute:02d}:{second:02d}" + _fraction(micro, decimals)
+    return text, pos + 1 + length
+
+
+def _time_text(buf: bytes, pos: int, decimals: int) -> tuple[str, int]:
+    length = buf[pos]
+    negative = days = hour = minute = second = micro = 0
+    if length >= 8:
+        negative, days, hour, minute, second = struct.unpack_from("<BIBBB", buf, pos + 1)
+    if length >= 12:
+        micro = struct.unpack_from("<I", buf, pos + 9)[0]
+    text = f"{'-' if negative else ''}{days * 24 + hour:02d}:{minute:02d}:{second:02d}" + _fraction(micro, decimals)
+    return text, pos + 1 + length
 
 
 def _encode_value(value: Any, field: Field) -> bytes:

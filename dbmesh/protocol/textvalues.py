@@ -7,12 +7,13 @@ their original text, temporal values stay in MySQL's own text form.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from .charsets import COLLATIONS
 from .constants import COLLATION_BINARY, FieldType
-from .packets import Field, lenenc_str
+from .packets import Field, lenenc_str, read_lenenc_str
 
 _INTEGER_TYPES = {FieldType.TINY, FieldType.SHORT, FieldType.LONG, FieldType.LONGLONG, FieldType.INT24,
                   FieldType.YEAR}
@@ -59,6 +60,21 @@ def collation_of(field: Field) -> str | None:
 def decode_rows(rows: list[list[bytes | None]], fields: list[Field]) -> list[tuple[Any, ...]]:
     decoders = [decoder_for(f) for f in fields]
     return [tuple(None if v is None else d(v) for d, v in zip(decoders, row, strict=True)) for row in rows]
+
+
+def row_decoder(fields: list[Field]) -> Callable[[bytes], tuple[Any, ...]]:
+    """Values of one text-protocol row payload, decoded as decode_rows does."""
+    decoders = [decoder_for(f) for f in fields]
+
+    def decode(payload: bytes) -> tuple[Any, ...]:
+        values = []
+        pos = 0
+        for decoder in decoders:
+            raw, pos = read_lenenc_str(payload, pos)
+            values.append(None if raw is None else decoder(raw))
+        return tuple(values)
+
+    return decode
 
 
 def encode_value(value: Any) -> bytes:
