@@ -37,6 +37,8 @@ __all__ = [
     "group_key",
     "merge",
     "mysql_sort_key",
+    "pick",
+    "picks_whole_rows",
     "row_sort_key",
 ]
 
@@ -661,3 +663,47 @@ def merge(shard_rows: Sequence[Iterable[Row]], plan: MergePlan) -> Iterator[Row]
         width = plan.visible_columns
         rows = (r[:width] for r in rows)
     return rows
+
+
+# ---------------------------------------------------------------- whole rows as they came
+
+
+def picks_whole_rows(plan: MergePlan, width: int) -> bool:
+    """Does ``plan`` only choose and order the shards' rows of ``width`` columns, passing each
+    on whole (no aggregate, no HAVING, no hidden column to cut)? Then see :func:`pick`."""
+    return (not plan.is_aggregating and plan.having is None
+            and (plan.visible_columns is None or plan.visible_columns == width))
+
+
+def pick(shard_items: Sequence[Iterable[Any]], plan: MergePlan, decode: Callable[[Any], Row]) -> Iterator[Any]:
+    """What :func:`merge` gives for a plan that picks whole rows, as the shards' own items
+    (a row's wire bytes, say): ``decode`` gives an item's values, at least up to the last
+    column the plan compares (every column for DISTINCT), and runs only when it compares any."""
+    if plan.limit == 0:
+        return iter(())
+    stop = None if plan.limit is None else plan.offset + plan.limit
+    if not plan.order_by and not plan.distinct:
+        items = itertools.chain.from_iterable(shard_items)
+        return itertools.islice(items, plan.offset, stop) if plan.offset or stop is not None else items
+    # Each row carries its item last: compared by its values, handed on untouched.
+    streams = [((*decode(item), item) for item in items) for items in shard_items]
+    rows: Iterator[Row]
+    if plan.order_by:
+        rows = (row for _key, row in _kway(streams, plan.order_by))
+    else:
+        rows = itertools.chain.from_iterable(streams)
+    if plan.distinct:
+        rows = _distinct_carrying(rows, plan.column_collations)
+    if plan.offset or stop is not None:
+        rows = itertools.islice(rows, plan.offset, stop)
+    return (row[-1] for row in rows)
+
+
+def _distinct_carrying(rows: Iterable[Row], colls: Sequence[str | None]) -> Iterator[Row]:
+    """DISTINCT over rows whose last value is a carried item, not a column."""
+    seen: set[tuple] = set()
+    for row in rows:
+        key = tuple(mysql_sort_key(v, colls[i] if i < len(colls) else None) for i, v in enumerate(row[:-1]))
+        if key not in seen:
+            seen.add(key)
+            yield row

@@ -26,6 +26,8 @@ from sharding.merge import (
     group_key,
     merge,
     mysql_sort_key,
+    pick,
+    picks_whole_rows,
     row_sort_key,
 )
 
@@ -651,6 +653,50 @@ def test_distinct_matches_whole_table(shards, collation, ordered, offset, limit)
         assert got == canonical(page(ref_sorted(expected, items), offset, limit), q, {0})
     else:
         assert Counter(got) == Counter(canonical(expected, q, {0}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shards=sharded(),
+    cols=st.lists(st.sampled_from([G, S, D, N]), max_size=3, unique=True),
+    desc=st.lists(st.booleans(), min_size=3, max_size=3),
+    collation=st.sampled_from(COLLATIONS),
+    distinct=st.booleans(),
+    offset=offsets,
+    limit=limits,
+)
+def test_pick_gives_merges_rows_as_the_shards_items(shards, cols, desc, collation, distinct, offset, limit):
+    """Rows kept as items (their wire bytes, in the sidecar) come out as merge() orders and
+    chooses them; an item is decoded only when the plan compares rows."""
+    items = tuple(OrderItem(c, d, collation if c == S else None) for c, d in zip(cols, desc, strict=False))
+    per_shard = [ref_sorted(s, items) if items else s for s in shards]
+    if distinct:
+        per_shard = [list({tuple(mysql_sort_key(v, collation if i == S else None) for i, v in enumerate(r)): r
+                           for r in reversed(rows)}.values())[::-1] for rows in per_shard]
+        per_shard = [ref_sorted(rows, items) for rows in per_shard]
+    plan = MergePlan(order_by=items, distinct=distinct, offset=offset, limit=limit, visible_columns=4,
+                     column_collations=(None, collation, None, None))
+    assert picks_whole_rows(plan, 4)
+    tagged = [[(row, f"{n}:{i}") for i, row in enumerate(rows)] for n, rows in enumerate(per_shard)]
+    decoded = []
+
+    def decode(item):
+        decoded.append(item)
+        return item[0]
+
+    got = list(pick(tagged, plan, decode))
+    assert [row for row, _tag in got] == list(merge(per_shard, plan))
+    assert len({tag for _row, tag in got}) == len(got)  # each item at most once, as given
+    if not items and not distinct:
+        assert decoded == []
+
+
+def test_picks_whole_rows_only_without_aggregates_having_or_hidden_columns():
+    assert picks_whole_rows(MergePlan(order_by=(OrderItem(0),), distinct=True, limit=3), 2)
+    assert not picks_whole_rows(MergePlan(order_by=(OrderItem(1),), visible_columns=1), 2)
+    assert not picks_whole_rows(MergePlan(group_by=(OrderItem(0),)), 2)
+    assert not picks_whole_rows(MergePlan(aggregates=(Aggregate("SUM", 0),)), 1)
+    assert not picks_whole_rows(MergePlan(having=lambda row: True), 1)
 
 
 def test_distinct_uses_only_visible_columns():

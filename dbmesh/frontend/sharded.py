@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
@@ -21,18 +21,20 @@ from sqlglot.errors import ParseError
 
 from sharding import planner
 from sharding.errors import ShardingError
-from sharding.merge import Aggregate, MergePlan, OrderItem, merge, mysql_sort_key
+from sharding.merge import Aggregate, MergePlan, OrderItem, merge, mysql_sort_key, pick, picks_whole_rows
 from sharding.rules import ShardingRuleSet
 from txn import global_lock, global_log, undo_log, xa
 
 from .. import errors
 from ..backend.connection import BackendConnection, BackendError, QueryResult
 from ..errors import ProxyError
+from ..protocol.binary import text_form_decoder
 from ..protocol.coldefs import logical_sink, renamer_for
 from ..protocol.constants import COLLATION_BINARY, Command, FieldFlag, FieldType
-from ..protocol.packets import Column, column_definition, eof_packet, lenenc_int, ok_packet
+from ..protocol.packets import Column, Field, column_definition, eof_packet, lenenc_int, ok_packet
+from ..protocol.resultset import ResultRows, result_rows
 from ..protocol.scanner import ResponseKind
-from ..protocol.textvalues import collation_of, decode_rows, encode_row
+from ..protocol.textvalues import collation_of, encode_row, row_decoder
 from .transactions import GlobalTransaction
 
 if TYPE_CHECKING:
@@ -341,33 +343,61 @@ class ShardedExecutor:
         return await self._run_all(plan.units)
 
     async def _merged_select(self, plan: planner.Plan, binary: BinaryResult | None) -> None:
-        results = await self._run_all(plan.units)
+        results = await self.collect_all(plan.units, _query_rows)
+        self.send_merged(plan, results, binary)
+
+    async def collect_all(self, units: Sequence[planner.RouteUnit],
+                          command: Callable[[BackendConnection, planner.RouteUnit], Awaitable[ResultRows]]
+                          ) -> list[ResultRows]:
+        """The result sets of ``command`` run for every unit, in unit order; units of one data
+        source run in turn on its connection, data sources concurrently. The first failure is
+        raised once every unit has finished (no connection is left mid-response)."""
+        by_source: dict[str, list[int]] = {}
+        for i, unit in enumerate(units):
+            by_source.setdefault(unit.data_source, []).append(i)
+        for ds in by_source:
+            await self.connection(ds)
+        results: list[Any] = [None] * len(units)
+
+        async def run_source(ds: str, indexes: list[int]) -> None:
+            conn = self.conns[ds][0]
+            for i in indexes:
+                results[i] = await command(conn, units[i])
+
+        outcomes = await asyncio.gather(*(run_source(ds, ix) for ds, ix in by_source.items()),
+                                        return_exceptions=True)
+        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if isinstance(failure, (ConnectionError, OSError)):
+            self.release(force=True)
+            raise ProxyError(errors.ER_QUERY_ON_FOREIGN_DATA_SOURCE, errors.SQLSTATE_LINK_FAILURE,
+                             f"Lost connection to a data source during a sharded statement: {failure}") from failure
+        if failure is not None:
+            raise failure
+        return results
+
+    def send_merged(self, plan: planner.Plan, results: list[ResultRows], binary: BinaryResult | None = None,
+                    binary_rows: bool = False) -> None:
+        """Merge the units' result sets and send them. ``binary`` answers a prepared statement;
+        ``binary_rows``: the units' rows are binary already (a merge that only picks rows,
+        which the caller has checked with picks_whole_rows)."""
         first = results[0]
-        fields = first.fields
+        fields = first.parsed_fields()
         spec = plan.merge
         width = len(fields)
-
-        def at(index: int) -> int:
-            return width + index if index < 0 else index
-
-        collations = [collation_of(f) for f in fields]
-        merge_plan = MergePlan(
-            order_by=tuple(OrderItem(at(i), desc, collations[at(i)]) for i, desc in spec.order_by),
-            group_by=tuple(OrderItem(at(i), False, collations[at(i)]) for i in spec.group_by),
-            aggregates=tuple(_aggregate(kind, at(i), s, c, at, collations) for kind, i, s, c in spec.aggregates),
-            having=_having(spec, at, collations) if spec.having is not None else None,
-            distinct=spec.distinct,
-            offset=spec.offset,
-            limit=spec.limit,
-            visible_columns=width - spec.hidden,
-            column_collations=tuple(collations),
-        )
-        shard_rows = [decode_rows(r.rows, fields) for r in results]
-        rows = merge(shard_rows, merge_plan)
+        merge_plan = _merge_plan(spec, fields)
         packets = list(first.field_packets[:width - spec.hidden])
         renamer = renamer_for(self.session.config, self.session.database, plan.units[0].data_source)
         if renamer is not None:
             packets = renamer.columns(packets)  # logical database and table names
+        if picks_whole_rows(merge_plan, width) and binary_rows == (binary is not None):
+            # Rows go out as the shards sent them; only what the merge compares is decoded.
+            decode = text_form_decoder(fields) if binary_rows else row_decoder(fields)
+            self._send_rows(packets, pick([r.rows for r in results], merge_plan, decode), encode=None)
+            return
+        if binary_rows:
+            raise ProxyError(errors.ER_UNKNOWN_ERROR, "HY000", "dbmesh: binary rows reached a merge that decodes rows")
+        decode = row_decoder(fields)
+        rows = merge([[decode(p) for p in r.rows] for r in results], merge_plan)
         for i in spec.avg_indexes:
             # AVG carries four more decimals than the SUM it was computed from.
             p = bytearray(packets[i])
@@ -384,13 +414,15 @@ class ShardedExecutor:
             packets = binary.field_packets
         self._send_rows(packets, rows, binary.encode_row if binary is not None else encode_row)
 
-    def _send_rows(self, field_packets: list[bytes], rows, encode: Callable[[tuple], bytes] = encode_row) -> None:
+    def _send_rows(self, field_packets: list[bytes], rows,
+                   encode: Callable[[tuple], bytes] | None = encode_row) -> None:
+        """A result set; without ``encode`` the rows are payloads already."""
         session = self.session
         status = session.status_flags()
         payloads = [lenenc_int(len(field_packets)), *field_packets]
         if not session.deprecate_eof:
             payloads.append(eof_packet(status))
-        payloads.extend(encode(row) for row in rows)
+        payloads.extend(rows if encode is None else (encode(row) for row in rows))
         payloads.append(ok_packet(status=status, eof_header=True) if session.deprecate_eof else eof_packet(status))
         session.send(*payloads)
 
@@ -473,6 +505,35 @@ class ShardedExecutor:
 
         rows = [tuple(rename(v) for v in row) for row in result.rows]
         self._send_rows(result.field_packets, rows)
+
+
+def _merge_plan(spec: planner.SelectMerge, fields: list[Field]) -> MergePlan:
+    """The merge of a planned SELECT, for shard rows described by ``fields``."""
+    width = len(fields)
+
+    def at(index: int) -> int:
+        return width + index if index < 0 else index
+
+    collations = [collation_of(f) for f in fields]
+    return MergePlan(
+        order_by=tuple(OrderItem(at(i), desc, collations[at(i)]) for i, desc in spec.order_by),
+        group_by=tuple(OrderItem(at(i), False, collations[at(i)]) for i in spec.group_by),
+        aggregates=tuple(_aggregate(kind, at(i), s, c, at, collations) for kind, i, s, c in spec.aggregates),
+        having=_having(spec, at, collations) if spec.having is not None else None,
+        distinct=spec.distinct,
+        offset=spec.offset,
+        limit=spec.limit,
+        visible_columns=width - spec.hidden,
+        column_collations=tuple(collations),
+    )
+
+
+async def _query_rows(conn: BackendConnection, unit: planner.RouteUnit) -> ResultRows:
+    """A unit's SQL run as a text query, its result set undecoded."""
+    payloads, scanner = await conn.collect(bytes((Command.QUERY,)) + unit.sql.encode("utf-8"), ResponseKind.RESULT)
+    if scanner.error is not None:
+        raise BackendError(scanner.error)
+    return result_rows(payloads, conn.deprecate_eof)
 
 
 def _aggregate(kind: str, index: int, sum_index: int | None, count_index: int | None,
