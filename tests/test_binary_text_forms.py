@@ -87,3 +87,14 @@ def test_binary_rows_decode_to_the_text_protocols_values(both_protocols):
                 assert float(f"{b:.6g}") == a, (field.name, a, b)
             else:
                 assert (isinstance(a, float) or type(a) is type(b)) and a == b, (field.name, a, b)
+
+
+def test_the_first_columns_decode_alone(both_protocols):
+    """A merge that compares only leading columns decodes only those."""
+    text, binary = both_protocols
+    fields = binary.parsed_fields()
+    for count in (0, 1, 5, len(fields)):
+        from_binary = [text_form_decoder(fields, count)(p) for p in binary.rows]
+        assert from_binary == [text_form_decoder(fields)(p)[:count] for p in binary.rows]
+        assert [row_decoder(text.parsed_fields(), count)(p) for p in text.rows] == \
+            [row_decoder(text.parsed_fields())(p)[:count] for p in text.rows]

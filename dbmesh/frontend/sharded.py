@@ -391,7 +391,8 @@ class ShardedExecutor:
             packets = renamer.columns(packets)  # logical database and table names
         if picks_whole_rows(merge_plan, width) and binary_rows == (binary is not None):
             # Rows go out as the shards sent them; only what the merge compares is decoded.
-            decode = text_form_decoder(fields) if binary_rows else row_decoder(fields)
+            compared = width if merge_plan.distinct else max((o.index + 1 for o in merge_plan.order_by), default=0)
+            decode = text_form_decoder(fields, compared) if binary_rows else row_decoder(fields, compared)
             self._send_rows(packets, pick([r.rows for r in results], merge_plan, decode), encode=None)
             return
         if binary_rows:

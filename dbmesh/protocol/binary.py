@@ -151,12 +151,13 @@ def decode_binary_row(payload: bytes, fields: Sequence[Field]) -> tuple[Any, ...
     return tuple(values)
 
 
-def text_form_decoder(fields: Sequence[Field]) -> Callable[[bytes], tuple[Any, ...]]:
-    """Values of one binary-protocol row payload in the forms textvalues.row_decoder gives for
-    the same row sent in the text protocol: temporal values as MySQL's text, strings of the
-    binary character set as bytes, other strings as str. So a merge compares rows of either
-    protocol alike (floats are plain floats here: the same order and equality)."""
-    readers = [_text_form_reader(f) for f in fields]
+def text_form_decoder(fields: Sequence[Field], count: int | None = None) -> Callable[[bytes], tuple[Any, ...]]:
+    """Values of one binary-protocol row payload (of its first ``count`` columns, all by
+    default) in the forms textvalues.row_decoder gives for the same row sent in the text
+    protocol: temporal values as MySQL's text, strings of the binary character set as bytes,
+    other strings as str. So a merge compares rows of either protocol alike (floats are
+    plain floats here: the same order and equality)."""
+    readers = [_text_form_reader(f) for f in fields[:count]]
     bitmap_end = 1 + (len(fields) + 9) // 8
 
     def decode(payload: bytes) -> tuple[Any, ...]:

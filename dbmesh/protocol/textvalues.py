@@ -62,9 +62,10 @@ def decode_rows(rows: list[list[bytes | None]], fields: list[Field]) -> list[tup
     return [tuple(None if v is None else d(v) for d, v in zip(decoders, row, strict=True)) for row in rows]
 
 
-def row_decoder(fields: list[Field]) -> Callable[[bytes], tuple[Any, ...]]:
-    """Values of one text-protocol row payload, decoded as decode_rows does."""
-    decoders = [decoder_for(f) for f in fields]
+def row_decoder(fields: list[Field], count: int | None = None) -> Callable[[bytes], tuple[Any, ...]]:
+    """Values of one text-protocol row payload, decoded as decode_rows does: of its first
+    ``count`` columns (all by default)."""
+    decoders = [decoder_for(f) for f in fields[:count]]
 
     def decode(payload: bytes) -> tuple[Any, ...]:
         values = []
