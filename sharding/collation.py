@@ -35,7 +35,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-__all__ = ["CollationInfo", "collation_info", "collation_key", "is_binary_collation"]
+__all__ = ["CollationInfo", "collation_info", "collation_key", "collation_keyer", "is_binary_collation"]
 
 
 @dataclass(frozen=True)
@@ -189,3 +189,16 @@ def collation_key(s: str, collation: str | None) -> Hashable:
     """
     info = collation_info(collation)
     return _KEYERS[info.style](s, info)
+
+
+def collation_keyer(collation: str | None) -> Callable[[str], Hashable]:
+    """``collation_key`` for one collation, looked up once (for keys of many values)."""
+    info = collation_info(collation)
+    keyer = _KEYERS[info.style]
+    if keyer is _general_key and info.pad_space:  # the usual case, inline
+        def general(s: str) -> str:
+            s = s.rstrip(" ") + " "
+            return s.upper() if s.isascii() else "".join(map(_general_weight, s))
+
+        return general
+    return lambda s: keyer(s, info)

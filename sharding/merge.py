@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
-from sharding.collation import collation_info, collation_key
+from sharding.collation import collation_info, collation_key, collation_keyer
 
 __all__ = [
     "AGGREGATE_KINDS",
@@ -226,17 +226,29 @@ class _Desc:
         return f"_Desc({self.key!r})"
 
 
-def _row_key_func(items: Sequence[OrderItem], directional: bool) -> Callable[[Sequence[Any]], tuple]:
-    specs = tuple((i.index, i.collation, directional and i.descending) for i in items)
+def _value_key_func(collation: str | None, descending: bool) -> Callable[[Any], Any]:
+    """mysql_sort_key of one column's values (inverted for DESC), the collation looked up once."""
+    if collation is not None and collation.lower() == "binary":
+        def key(value: Any) -> Any:
+            return mysql_sort_key(value, collation)
+    else:
+        str_key = collation_keyer(collation)
 
-    def key(row: Sequence[Any]) -> tuple:
-        out = []
-        for index, collation, desc in specs:
-            k = mysql_sort_key(row[index], collation)
-            out.append(_Desc(k) if desc else k)
-        return tuple(out)
-
+        def key(value: Any) -> Any:
+            if type(value) is str:  # the common case first
+                return (_R_STR, str_key(value))
+            return mysql_sort_key(value, collation)
+    if descending:
+        return lambda value: _Desc(key(value))
     return key
+
+
+def _row_key_func(items: Sequence[OrderItem], directional: bool) -> Callable[[Sequence[Any]], tuple]:
+    specs = tuple((i.index, _value_key_func(i.collation, directional and i.descending)) for i in items)
+    if len(specs) == 1:
+        index, value_key = specs[0]
+        return lambda row: (value_key(row[index]),)
+    return lambda row: tuple([value_key(row[index]) for index, value_key in specs])
 
 
 def row_sort_key(row: Sequence[Any], items: Sequence[OrderItem]) -> tuple:
@@ -688,15 +700,33 @@ def pick(shard_items: Sequence[Iterable[Any]], plan: MergePlan, decode: Callable
     # Each row carries its item last: compared by its values, handed on untouched.
     streams = [((*decode(item), item) for item in items) for items in shard_items]
     rows: Iterator[Row]
-    if plan.order_by:
+    if plan.distinct and _order_decides_distinct(plan):
+        rows = (row for _key, row in _adjacent_distinct(_kway(streams, plan.order_by)))
+    elif plan.order_by:
         rows = (row for _key, row in _kway(streams, plan.order_by))
     else:
         rows = itertools.chain.from_iterable(streams)
-    if plan.distinct:
+    if plan.distinct and not _order_decides_distinct(plan):
         rows = _distinct_carrying(rows, plan.column_collations)
     if plan.offset or stop is not None:
         rows = itertools.islice(rows, plan.offset, stop)
     return (row[-1] for row in rows)
+
+
+def _order_decides_distinct(plan: MergePlan) -> bool:
+    """Does ORDER BY compare every column, each under its DISTINCT collation? Then rows that
+    DISTINCT takes as equal have equal sort keys and arrive next to each other."""
+    colls = plan.column_collations
+    compared = {(o.index, o.collation) for o in plan.order_by}
+    return bool(colls) and all((i, c) in compared for i, c in enumerate(colls))
+
+
+def _adjacent_distinct(keyed: Iterable[tuple[tuple, Row]]) -> Iterator[tuple[tuple, Row]]:
+    previous: Any = _END
+    for key, row in keyed:
+        if key != previous:
+            previous = key
+            yield key, row
 
 
 def _distinct_carrying(rows: Iterable[Row], colls: Sequence[str | None]) -> Iterator[Row]:

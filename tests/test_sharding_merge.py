@@ -658,8 +658,8 @@ def test_distinct_matches_whole_table(shards, collation, ordered, offset, limit)
 @settings(max_examples=200, deadline=None)
 @given(
     shards=sharded(),
-    cols=st.lists(st.sampled_from([G, S, D, N]), max_size=3, unique=True),
-    desc=st.lists(st.booleans(), min_size=3, max_size=3),
+    cols=st.lists(st.sampled_from([G, S, D, N]), max_size=4, unique=True),
+    desc=st.lists(st.booleans(), min_size=4, max_size=4),
     collation=st.sampled_from(COLLATIONS),
     distinct=st.booleans(),
     offset=offsets,
@@ -689,6 +689,18 @@ def test_pick_gives_merges_rows_as_the_shards_items(shards, cols, desc, collatio
     assert len({tag for _row, tag in got}) == len(got)  # each item at most once, as given
     if not items and not distinct:
         assert decoded == []
+
+
+def test_pick_distinct_ordered_by_every_column_keeps_the_first_of_equal_rows():
+    """SELECT DISTINCT s ORDER BY s: equal rows (under the collation) arrive together, the
+    first one of them (lowest shard on ties) is kept."""
+    coll = "utf8mb4_general_ci"
+    plan = MergePlan(order_by=(OrderItem(0, collation=coll),), distinct=True, visible_columns=1,
+                     column_collations=(coll,))
+    shards = [[("a",), ("B",), ("c ",)], [("A",), ("b",), ("C",), ("d",)]]
+    tagged = [[(row, n) for row in rows] for n, rows in enumerate(shards)]
+    assert list(pick(tagged, plan, lambda item: item[0])) == [(("a",), 0), (("B",), 0), (("c ",), 0), (("d",), 1)]
+    assert [row for row, _ in pick(tagged, plan, lambda item: item[0])] == list(merge(shards, plan))
 
 
 def test_picks_whole_rows_only_without_aggregates_having_or_hidden_columns():
