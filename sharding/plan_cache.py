@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -229,9 +229,17 @@ def point_shape(tree: exp.Expression, rules: Any, logical_db: str) -> PointShape
     return PointShape(kind, rule, ref.name, tuple(positions), bool(tree.find(exp.Lock)))
 
 
-def _forget_memos(trees: OrderedDict[tuple[str, ...], Any]) -> None:
-    for tree in trees.values():
-        MEMOS.pop(id(tree), None)
+def routes_by_values(tree: exp.Expression) -> bool:
+    """Can a prepared statement's tree be planned with its parameters as values (placeholders
+    kept) rather than bound into it? Yes when every placeholder only routes (see
+    _literals_route_only): then its plan, and the SQL of each route, hold for any values."""
+    return _literals_route_only(tree)
+
+
+def _forget_memos(*caches: OrderedDict[Any, Any]) -> None:
+    for trees in caches:
+        for tree in trees.values():
+            MEMOS.pop(id(tree), None)
 
 
 class PlanCache:
@@ -241,11 +249,30 @@ class PlanCache:
         # key -> PointShape, or _UNCACHEABLE when the shape needs the full planner
         self._points: dict[tuple[str, ...], Any] = {}
         self._templates: dict[str, list[str]] = {}
+        # (logical database, prepared statement text) -> its tree, shared by the sessions
+        self._statements: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
         # MEMOS is keyed by id(tree): when a cache goes away (tests make many), its memos must
         # too, or a new tree that reuses a freed id would render with a dead tree's memo.
-        weakref.finalize(self, _forget_memos, self._trees)
+        weakref.finalize(self, _forget_memos, self._trees, self._statements)
+
+    def statement(self, sql: str, logical_db: str, parse: Callable[[str], exp.Expression]) -> exp.Expression:
+        """The parsed tree of a prepared statement's text (``parse`` on a miss), shared by every
+        session that prepares the same text, with a render memo as the literal shapes have.
+        A tree pushed out of the cache stays right for the statements that hold it (it only
+        loses its memo)."""
+        key = (logical_db, sql)
+        tree = self._statements.get(key)
+        if tree is not None:
+            self._statements.move_to_end(key)
+            return tree
+        tree = self._statements[key] = parse(sql)
+        MEMOS[id(tree)] = {}
+        if len(self._statements) > self.capacity:
+            _, evicted = self._statements.popitem(last=False)
+            MEMOS.pop(id(evicted), None)
+        return tree
 
     def plan(self, sql: str, rules: Any, logical_db: str) -> Plan | None:
         """The plan for ``sql`` through the cache, or None to take the full path."""

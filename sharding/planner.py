@@ -45,6 +45,11 @@ class SelectMerge:
     hidden: int = 0                  # derived columns appended after the visible ones
     avg_indexes: list[int] = field(default_factory=list)
 
+    @property
+    def picks_rows(self) -> bool:
+        """The merge only chooses and orders the units' rows and passes each on whole."""
+        return not (self.aggregates or self.group_by or self.having is not None or self.hidden)
+
 
 @dataclass
 class Plan:
@@ -956,6 +961,18 @@ def bind_parameters(tree: exp.Expression, values: Sequence[Any]) -> exp.Expressi
             raise ShardingError(f"statement has more parameters than the {len(values)} bound")
         node.replace(_literal(values[index]))
     return copy
+
+
+def routing_values(values: Sequence[Any]) -> list[Any]:
+    """Bound parameter values as routing reads them when they are bound into the statement
+    (bind_parameters): what each one's literal gives back, so planning with the values as
+    ``params`` routes exactly as planning the bound statement does."""
+    out = []
+    for value in values:
+        kind = type(value)
+        out.append(value if value is None or kind is int or kind is str
+                   else conditions.literal_value(_literal(value), None, {}))
+    return out
 
 
 def _literal(value: Any) -> exp.Expression:

@@ -614,12 +614,12 @@ class ShadowSession:
         executor = s.sharded
         ldb, rules = self._rules(sql)
         if rules is None:
-            plan = executor.plan(bound, sql.decode("utf-8", "surrogateescape"))
+            plan = executor.plan(bound, sql.decode("utf-8", "surrogateescape"), prepared=True)
             return plan, self.mirror_for_plan(ldb, plan, False)
         try:
             mark = marked(sql, self.flag)
             decision = mark if mark is not None else decide(bound, rules, (ldb.name,))
-            plan = executor.plan(bound, sql.decode("utf-8", "surrogateescape"))
+            plan = executor.plan(bound, sql.decode("utf-8", "surrogateescape"), prepared=True)
             if isinstance(bound, DDL) and (decision.shadow or self._shadow_ddl_units(plan, ldb)):
                 raise ShadowError(_PREPARED_DDL)
             if decision.shadow:

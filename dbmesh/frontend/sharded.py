@@ -220,11 +220,15 @@ class ShardedExecutor:
         finally:
             planner.ROUTING_HINTS.reset(token)
 
-    def plan(self, tree: exp.Expression, sql: str | None = None) -> planner.Plan:
-        """Plan with the routing hints of the statement text and of the session."""
+    def plan(self, tree: exp.Expression, sql: str | None = None, params: Sequence[Any] | None = None,
+             prepared: bool = False) -> planner.Plan:
+        """Plan with the routing hints of the statement text and of the session. ``params``:
+        values of the tree's placeholders. A prepared statement's text (``prepared``) has
+        `?` where the tree has values: it gives hints only, never the units' SQL."""
         token = planner.ROUTING_HINTS.set(self.hints(sql or ""))
         try:
-            return planner.plan(tree, self.rules, self.session.database, sql_text=sql)
+            return planner.plan(tree, self.rules, self.session.database, params=params,
+                                sql_text=None if prepared else sql)
         except ShardingError as exc:
             raise sharding_error(exc) from exc
         finally:
@@ -377,9 +381,9 @@ class ShardedExecutor:
 
     def send_merged(self, plan: planner.Plan, results: list[ResultRows], binary: BinaryResult | None = None,
                     binary_rows: bool = False) -> None:
-        """Merge the units' result sets and send them. ``binary`` answers a prepared statement;
-        ``binary_rows``: the units' rows are binary already (a merge that only picks rows,
-        which the caller has checked with picks_whole_rows)."""
+        """Merge the units' result sets and send them. ``binary`` answers a prepared statement
+        (its rows are encoded with it unless the merge passes the units' own binary rows on);
+        ``binary_rows``: the units' rows are in the binary protocol (then ``binary`` is given)."""
         first = results[0]
         fields = first.parsed_fields()
         spec = plan.merge
@@ -395,9 +399,7 @@ class ShardedExecutor:
             decode = text_form_decoder(fields, compared) if binary_rows else row_decoder(fields, compared)
             self._send_rows(packets, pick([r.rows for r in results], merge_plan, decode), encode=None)
             return
-        if binary_rows:
-            raise ProxyError(errors.ER_UNKNOWN_ERROR, "HY000", "dbmesh: binary rows reached a merge that decodes rows")
-        decode = row_decoder(fields)
+        decode = text_form_decoder(fields) if binary_rows else row_decoder(fields)
         rows = merge([[decode(p) for p in r.rows] for r in results], merge_plan)
         for i in spec.avg_indexes:
             # AVG carries four more decimals than the SUM it was computed from.

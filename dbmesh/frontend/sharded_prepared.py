@@ -1,7 +1,8 @@
 """Server-side prepared statements on a sharded database.
 
-PREPARE describes the statement by preparing it on the first actual table's data source.
-EXECUTE decodes the bound parameters and routes the statement:
+PREPARE describes the statement by preparing it on the first actual table's data source;
+the parsed statement is shared by the sessions that prepare the same text (the plan cache's
+``statement``). EXECUTE decodes the bound parameters and routes the statement:
 
 - a point shape (one sharded table, ``= ?`` on each sharding column, see
   sharding.plan_cache.PointShape) is routed from those parameter values alone; its actual
@@ -9,6 +10,10 @@ EXECUTE decodes the bound parameters and routes the statement:
   once per backend connection (the connection's ``prepared`` registry, as pass-through
   uses it: dropped when the connection resets or closes), and each execute sends only the
   client's COM_STMT_EXECUTE with the backend's statement id; the binary result is relayed raw;
+- a statement whose parameters only route (they sit in WHERE, VALUES or SET) is planned with
+  the parameters as values, its plan and SQL per route made once per shape, and its units
+  run with the client's parameter bytes as well (prepared_units.py): one unit relayed raw,
+  the units of a SELECT merged;
 - anything else binds the parameters into the statement as literals and routes it like a
   text statement: a single-unit read is prepared and executed on that backend and its
   binary rows relayed raw; merged rows from several units are encoded here;
@@ -18,21 +23,20 @@ EXECUTE decodes the bound parameters and routes the statement:
 
 from __future__ import annotations
 
-import re
 import struct
 import time
 from typing import TYPE_CHECKING
 
 from sharding import planner
 from sharding.errors import ShardingError
-from sharding.plan_cache import PointShape, point_shape
+from sharding.plan_cache import PointShape, point_shape, routes_by_values
 
-from ..backend.connection import BackendConnection, BackendStatement
 from ..protocol.binary import decode_params, encode_binary_row
 from ..protocol.coldefs import logical_sink, renamer_for
 from ..protocol.constants import Command
 from ..protocol.packets import parse_column_definition
 from ..protocol.scanner import ResponseKind
+from . import prepared_units
 from .sharded import _TXN_COMMIT, _TXN_ROLLBACK, _TXN_START, BinaryResult, parse, sharding_error
 
 if TYPE_CHECKING:
@@ -41,16 +45,12 @@ if TYPE_CHECKING:
     from .session import ClientStatement, Session
 
 
-# Backend prepared statements kept per backend connection (as pass-through keeps them).
-_PREPARED_PER_BACKEND = 512
-_MARKER = re.compile(r":" + planner.conditions.PLACEHOLDER_PREFIX + r"(\d+)")
-
-
 class ShardedStatementInfo:
     """What EXECUTE needs beyond ClientStatement: the parsed tree, the column definitions,
-    and for a point shape its routing and the actual SQL per node."""
+    for a point shape its routing and the actual SQL per node, and whether the statement
+    is planned with its parameters as values."""
 
-    __slots__ = ("tree", "field_packets", "point", "actual_sql", "control")
+    __slots__ = ("tree", "field_packets", "point", "actual_sql", "control", "by_values", "_binary")
 
     def __init__(self, tree: exp.Expression | None, field_packets: list[bytes], point: PointShape | None = None,
                  control: str | None = None):
@@ -59,6 +59,15 @@ class ShardedStatementInfo:
         self.point = point
         self.actual_sql: dict[tuple[str, str], bytes | None] = {}  # node -> SQL with ?, None: not relayable
         self.control = control  # the text of a BEGIN / COMMIT / ROLLBACK
+        self.by_values = tree is not None and routes_by_values(tree)
+        self._binary: BinaryResult | None = None
+
+    def binary_result(self) -> BinaryResult:
+        """The column definitions and row encoder of merged rows sent in the binary protocol."""
+        if self._binary is None:
+            fields = [parse_column_definition(p) for p in self.field_packets]
+            self._binary = BinaryResult(self.field_packets, lambda row: encode_binary_row(row, fields))
+        return self._binary
 
 
 def _transaction_control(sql: str) -> bool:
@@ -72,8 +81,8 @@ async def prepare(session: Session, payload: bytes) -> None:
     if _transaction_control(sql):
         _prepare_control(session, payload, sql)
         return
-    tree = parse(sql)
     executor = session.sharded
+    tree = session.server.plan_cache.statement(sql, session.database, parse)
     data_source, describe_sql = planner.first_node_sql(tree, executor.rules, session.database)
     conn = await executor.connection(data_source)
     try:
@@ -125,15 +134,21 @@ async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> No
     executor = session.sharded
     # A BASE global transaction images its writes (and record_lock locks its reads): plan path.
     in_base = executor.in_transaction and executor.txn.base is not None
-    if info.point is not None and not long_data and not in_base and not (
-            session.shadow.flag or session.database in session.shadow.databases):
+    shadowed = session.shadow.flag or session.database in session.shadow.databases
+    with_client_bytes = not long_data and not in_base and not shadowed
+    if info.point is not None and with_client_bytes:
         if await _execute_point(session, stmt, payload, values):
+            return
+    hinted = b"dbmesh:" in stmt.sql  # hints and read mirroring: the shadow module plans it
+    if info.by_values and with_client_bytes and not hinted:
+        plan = executor.plan(info.tree, params=planner.routing_values(values))
+        if await prepared_units.run(session, stmt, payload, plan):
             return
     try:
         bound = planner.bind_parameters(stmt.sharded.tree, values)
     except ShardingError as exc:
         raise sharding_error(exc) from exc
-    if session.shadow.flag or session.database in session.shadow.databases or b"dbmesh:" in stmt.sql:
+    if shadowed or hinted:
         # Shadow routing and read mirroring: frontend/shadow.py
         plan, mirror = session.shadow.plan_prepared(bound, stmt.sql)
         if mirror is not None:
@@ -141,16 +156,14 @@ async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> No
                                                   lambda: _run(session, stmt, plan))
             return
     else:
-        plan = executor.plan(bound, stmt.sql.decode("utf-8", "surrogateescape"))
+        plan = executor.plan(bound, stmt.sql.decode("utf-8", "surrogateescape"), prepared=True)
     await _run(session, stmt, plan)
 
 
 async def _run(session: Session, stmt: ClientStatement, plan: planner.Plan) -> None:
     executor = session.sharded
     if plan.write or len(plan.units) > 1:
-        fields = [parse_column_definition(p) for p in stmt.sharded.field_packets]
-        binary = BinaryResult(stmt.sharded.field_packets, lambda row: encode_binary_row(row, fields))
-        await executor.execute(plan, binary)
+        await executor.execute(plan, stmt.sharded.binary_result())
         return
     await _execute_on_backend(session, plan.units[0])
 
@@ -193,14 +206,13 @@ async def _execute_point(session: Session, stmt: ClientStatement, payload: bytes
     executor = session.sharded
     conn = await executor.connection(node.data_source)
     try:
-        backend = await _backend_statement(session, conn, sql)
+        backend = await prepared_units.backend_statement(session, conn, sql)
         if backend is None:
             return True  # the backend refused to prepare it: its error went to the client
         if backend.num_params != stmt.num_params:
             return False
-        packet = session._execute_packet(payload, stmt, backend.stmt_id)
-        packet = packet[:5] + b"\x00" + packet[6:]  # no cursor: COM_STMT_FETCH is not routed here
-        await conn.relay(packet, ResponseKind.RESULT, session.writer)
+        await conn.relay(prepared_units.execute_packet(session, stmt, payload, backend), ResponseKind.RESULT,
+                         session.writer)
         if point.kind != "select":
             session.last_write_at[node.data_source] = time.monotonic()
     finally:
@@ -210,27 +222,6 @@ async def _execute_point(session: Session, stmt: ClientStatement, payload: bytes
 
 def _actual_sql(session: Session, info: ShardedStatementInfo, node, num_params: int) -> bytes | None:
     """The statement for ``node`` with anonymous ``?``, or None when its placeholders do not
-    come out in the client's parameter order (sqlglot may reorder, e.g. LIMIT ?, ?)."""
+    come out in the client's parameter order."""
     rendered = planner._render(info.tree, {info.point.table: node.table}, session.database)
-    order = [int(m.group(1)) for m in _MARKER.finditer(rendered)]
-    if order != list(range(num_params)):
-        return None
-    return _MARKER.sub("?", rendered).encode("utf-8", "surrogateescape")
-
-
-async def _backend_statement(session: Session, conn: BackendConnection, sql: bytes) -> BackendStatement | None:
-    """The backend's prepared statement for ``sql`` on this connection, prepared on first use."""
-    key = (conn.database, sql)
-    found = conn.prepared.get(key)
-    if found is not None:
-        conn.prepared.move_to_end(key)
-        return found
-    payloads, scanner = await conn.collect(bytes((Command.STMT_PREPARE,)) + sql, ResponseKind.PREPARE)
-    if scanner.error is not None:
-        session.send(payloads[0])
-        return None
-    conn.prepared[key] = found = BackendStatement(scanner.stmt_id, scanner.num_params, scanner.num_columns)
-    while len(conn.prepared) > _PREPARED_PER_BACKEND:
-        _, evicted = conn.prepared.popitem(last=False)
-        conn.close_statement(evicted.stmt_id)
-    return found
+    return prepared_units.statement_sql(rendered, num_params)

@@ -1,0 +1,301 @@
+"""Prepared statements whose parameters only route (ranges, aggregates, ORDER BY, DISTINCT,
+IN lists, writes) on a sharded database, through a real driver: the same statements,
+prepared the same way, on one plain MariaDB database and through the proxy must answer
+alike, whatever values each execute binds (NULL included, a different shard each time).
+A raw client checks what drivers do not: parameter types sent only on the first execute,
+and backend statements prepared once per connection, not per execute."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import struct
+import unicodedata
+from decimal import Decimal
+from typing import Any
+
+import mysql.connector
+import pytest
+
+from conftest import sandbox_proxy_config, start_proxy, stop_proxy
+from dbmesh.backend.connection import BackendConnection
+from dbmesh.protocol.binary import decode_binary_row
+from dbmesh.protocol.constants import Command, FieldType
+from dbmesh.protocol.resultset import result_rows
+from dbmesh.protocol.scanner import ResponseKind
+
+LOGICAL = "shop_pr"
+PLAIN = "plain_pr"
+RULES = {
+    "data_sources": ["ds_0", "ds_1"],
+    "tables": {
+        "pr_item": {
+            "actual_data_nodes": "ds_${0..1}.pr_item_${0..1}",
+            "database_strategy": {"columns": ["user_id"], "algorithm": "two"},
+            "table_strategy": {"columns": ["id"], "algorithm": "two"},
+        },
+    },
+    "broadcast_tables": ["pr_dict"],
+    "algorithms": {"two": {"type": "MOD", "props": {"sharding_count": 2}}},
+}
+SCHEMA = [
+    """CREATE TABLE pr_item (id BIGINT PRIMARY KEY, user_id INT NOT NULL, grp VARCHAR(12) NULL,
+        amount DECIMAL(10,2) NULL, f FLOAT NULL, created DATETIME(6) NULL, t TIME NULL, bin VARBINARY(8) NULL,
+        note TEXT NULL) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
+    """CREATE TABLE pr_dict (code VARCHAR(8) PRIMARY KEY, label VARCHAR(20) NOT NULL)
+        DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
+]
+GROUPS = ["a", "A", "b", "B ", "ä", None, "c", "Ç"]
+BASE = dt.datetime(2024, 5, 1, 12, 0, 0)
+ITEMS = [(i, (i * 7) % 13, GROUPS[i % len(GROUPS)],
+          None if i % 11 == 0 else Decimal(i * 37 % 1000) / 4,
+          None if i % 9 == 0 else (i % 17) * 1.1,
+          None if i % 10 == 0 else BASE + dt.timedelta(hours=i * 5, microseconds=i * 1001),
+          # TIME: non-negative, below 100 h (the merge compares TIME as text, see textvalues.py)
+          None if i % 8 == 0 else dt.timedelta(hours=i % 30, minutes=i % 60),
+          None if i % 6 == 0 else bytes([i % 4, 255 - i % 3]),
+          None if i % 4 == 0 else f"n{i % 5}")
+         for i in range(1, 131)]
+DICT = [("a", "Alpha"), ("b", "Beta"), ("c", "Gamma"), ("x", "Unused")]
+
+
+def _connect(host: str, port: int, user: str, password: str, database: str):
+    return mysql.connector.connect(host=host, port=port, user=user, password=password, database=database,
+                                   autocommit=True, use_pure=True, charset="utf8mb4",
+                                   collation="utf8mb4_general_ci")
+
+
+def _load(conn) -> None:
+    cur = conn.cursor()
+    for table in ("pr_item", "pr_dict"):
+        cur.execute(f"DROP TABLE IF EXISTS {table}")
+    for ddl in SCHEMA:
+        cur.execute(ddl)
+    cur.close()
+    cur = conn.cursor(prepared=True)
+    cur.executemany("INSERT INTO pr_item (id, user_id, grp, amount, f, created, t, bin, note) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", ITEMS)
+    cur.executemany("INSERT INTO pr_dict (code, label) VALUES (?, ?)", DICT)
+    cur.close()
+
+
+@pytest.fixture(scope="module")
+def pair(sandbox, tmp_path_factory):
+    """(connect to the plain database, connect through the proxy, the proxy)."""
+    workdir = tmp_path_factory.mktemp("pr")
+    proxy = start_proxy(sandbox_proxy_config(sandbox, workdir, {LOGICAL: {"sharding": RULES}}), workdir)
+    info = sandbox.info()
+    shard = info.shard("ds_0")
+    with sandbox.admin_connect("ds_0") as admin, admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {PLAIN}")
+        cur.execute(f"CREATE DATABASE {PLAIN} DEFAULT CHARSET utf8mb4 COLLATE utf8mb4_general_ci")
+
+    def plain():
+        return _connect(shard.host, shard.port, info.user, info.password, PLAIN)
+
+    def sharded():
+        return _connect(proxy.host, proxy.port, "app", "app", LOGICAL)
+
+    for connect in (plain, sharded):
+        conn = connect()
+        _load(conn)
+        conn.close()
+    try:
+        yield plain, sharded, proxy
+    finally:
+        conn = sharded()
+        cur = conn.cursor()
+        for table in ("pr_item", "pr_dict"):
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.close()
+        stop_proxy(proxy)
+        with sandbox.admin_connect("ds_0") as admin, admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {PLAIN}")
+
+
+def _norm(value: Any, ci: bool) -> tuple[str, str]:
+    if value is None:
+        return ("null", "")
+    if isinstance(value, (bytes, bytearray)):
+        return ("bytes", bytes(value).hex())
+    if isinstance(value, str):  # ci: which of the equal spellings a group shows is the server's choice
+        return ("str", _fold(value) if ci else value)
+    if isinstance(value, float):
+        return ("float", repr(value))
+    return (type(value).__name__, str(value))  # Decimal keeps its scale, datetimes their text
+
+
+def _fold(text: str) -> str:
+    """general_ci-like equality: case- and accent-insensitive, trailing spaces ignored."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).upper().rstrip(" ")
+
+
+def _answer(cur, sql: str, args: tuple, ordered: bool, ci: bool) -> tuple:
+    try:
+        cur.execute(sql, args)
+        rows = cur.fetchall() if cur.with_rows else []
+    except mysql.connector.Error as exc:
+        return ("error", exc.errno)
+    described = [(d[0], d[1]) for d in cur.description or ()]
+    out = [tuple(_norm(v, ci) for v in row) for row in rows]
+    return described, out if ordered else sorted(out), cur.rowcount if not cur.with_rows else None
+
+
+# (SQL, parameter sets executed one after the other on one prepared statement, ordered, ci)
+READS = [
+    ("SELECT id, grp, amount FROM pr_item WHERE id BETWEEN ? AND ?",
+     [(10, 60), (61, 61), (62, 62), (200, 300), (None, 5), (5, None), (-5, 3), (1, 130)], False, False),
+    ("SELECT id, grp FROM pr_item WHERE id BETWEEN ? AND ? ORDER BY grp, id",
+     [(1, 130), (40, 45), (7, 7), (None, None)], True, False),
+    ("SELECT id, created, t FROM pr_item WHERE id > ? ORDER BY created DESC, id LIMIT 5",
+     [(0,), (100,), (None,), (129,)], True, False),
+    ("SELECT id, f, bin FROM pr_item WHERE id >= ? ORDER BY t, id", [(1,), (120,)], True, False),
+    ("SELECT DISTINCT grp FROM pr_item WHERE id BETWEEN ? AND ? ORDER BY grp", [(1, 130), (3, 9), (2, 1)],
+     True, True),
+    ("SELECT DISTINCT user_id FROM pr_item WHERE id < ?", [(50,), (2,), (None,)], False, False),
+    ("SELECT DISTINCT grp, user_id % 2 FROM pr_item WHERE id > ? ORDER BY grp DESC", [(0,), (64,)], False, True),
+    ("SELECT SUM(amount), COUNT(*), AVG(amount), MIN(created), MAX(t), MAX(f), MIN(bin) FROM pr_item "
+     "WHERE id BETWEEN ? AND ?", [(1, 130), (10, 20), (500, 600), (None, 4)], True, False),
+    ("SELECT grp, COUNT(*), SUM(amount) FROM pr_item WHERE id >= ? GROUP BY grp ORDER BY grp",
+     [(1,), (100,)], True, True),
+    ("SELECT id, t, note FROM pr_item WHERE user_id = ? ORDER BY t, id", [(3,), (4,), (None,), (3,)], True, False),
+    ("SELECT id, note FROM pr_item WHERE user_id = ? AND id IN (?, ?)",
+     [(ITEMS[9][1], 10, 12), (ITEMS[10][1], 11, 11), (1, 2, None), (ITEMS[9][1], 10, 11)], False, False),
+    ("SELECT id FROM pr_item WHERE note <=> ? ORDER BY id", [(None,), ("n1",)], True, False),
+    ("SELECT id, amount FROM pr_item WHERE amount > ? AND grp = ? ORDER BY amount DESC, id",
+     [(Decimal("10.5"), "a"), (Decimal("0"), "b"), (None, "a")], True, False),
+    ("SELECT id, created FROM pr_item WHERE created BETWEEN ? AND ? ORDER BY created, id",
+     [(BASE, BASE + dt.timedelta(days=5)), (BASE + dt.timedelta(days=20), BASE + dt.timedelta(days=40))],
+     True, False),
+    ("SELECT id FROM pr_item WHERE bin = ? ORDER BY id", [(bytes([1, 254]),), (b"\x00",)], True, False),
+    ("SELECT label FROM pr_dict WHERE code = ?", [("b",), ("B",), ("zz",), (None,)], False, False),
+    ("SELECT i.id, d.label FROM pr_item i JOIN pr_dict d ON d.code = i.grp WHERE i.id BETWEEN ? AND ? "
+     "ORDER BY i.id", [(1, 40), (90, 95)], True, False),
+    ("SELECT id FROM pr_item WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?, ?", [(1, 130, 3, 4), (50, 60, 0, 2)],
+     True, False),
+    ("SELECT COUNT(*) FROM pr_item WHERE user_id IN (?, ?, ?)", [(1, 2, 3), (3, 3, None), (None, None, None)],
+     True, False),
+]
+
+
+@pytest.mark.parametrize("sql,args_list,ordered,ci", READS, ids=[r[0][:60] for r in READS])
+def test_prepared_reads_answer_as_one_database(pair, sql, args_list, ordered, ci):
+    plain, sharded, _ = pair
+    conns = plain(), sharded()
+    try:
+        cursors = [conn.cursor(prepared=True) for conn in conns]
+        for args in args_list:
+            expected, got = (_answer(cur, sql, args, ordered, ci) for cur in cursors)
+            assert got == expected, (sql, args)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+WRITES = [
+    ("UPDATE pr_item SET note = ? WHERE user_id = ? AND id IN (?, ?)",
+     [("one", ITEMS[9][1], 10, 12), ("two", ITEMS[10][1], 11, 11), ("three", 1, 2, None)]),
+    ("UPDATE pr_item SET amount = amount + ? WHERE id BETWEEN ? AND ?", [(Decimal("1.25"), 20, 40), (1, None, 3)]),
+    ("DELETE FROM pr_item WHERE user_id = ? AND id > ?", [(5, 100), (None, 1)]),
+    ("INSERT INTO pr_item (id, user_id, grp, note) VALUES (?, ?, ?, ?)",
+     [(1001, 1, "new", None), (1002, 2, None, "x"), (1003, 3, "ä", "y")]),
+    ("UPDATE pr_item SET grp = ? WHERE id IN (?, ?, ?)", [("in", 1001, 1002, 5), (None, 1003, None, None)]),
+]
+
+
+def test_prepared_writes_change_what_one_database_changes(pair):
+    plain, sharded, _ = pair
+    conns = plain(), sharded()
+    try:
+        for sql, args_list in WRITES:
+            cursors = [conn.cursor(prepared=True) for conn in conns]
+            for args in args_list:
+                counts = []
+                for cur in cursors:
+                    cur.execute(sql, args)
+                    counts.append(cur.rowcount)
+                assert counts[1] == counts[0], (sql, args)
+        tables = []
+        for conn in conns:
+            cur = conn.cursor()
+            cur.execute("SELECT * FROM pr_item ORDER BY id")
+            tables.append([tuple(_norm(v, False) for v in row) for row in cur.fetchall()])
+        assert tables[1] == tables[0]
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+# -- a raw client ----------------------------------------------------------------------
+
+
+def _execute_payload(stmt_id: int, values: list[int | None], with_types: bool) -> bytes:
+    """COM_STMT_EXECUTE of BIGINT parameters; the types only when ``with_types``."""
+    bitmap = bytearray((len(values) + 7) // 8)
+    data = b""
+    for i, value in enumerate(values):
+        if value is None:
+            bitmap[i // 8] |= 1 << (i % 8)
+        else:
+            data += struct.pack("<q", value)
+    types = bytes((FieldType.LONGLONG, 0)) * len(values) if with_types else b""
+    return (bytes((Command.STMT_EXECUTE,)) + struct.pack("<IBI", stmt_id, 0, 1) + bytes(bitmap)
+            + (b"\x01" + types if with_types else b"\x00") + data)
+
+
+def _backend_counts(sandbox) -> tuple[int, int]:
+    """COM_STMT_PREPARE and COM_STMT_EXECUTE commands the shards' servers have run."""
+    prepares = executes = 0
+    for ds in ("ds_0", "ds_1"):
+        with sandbox.admin_connect(ds) as direct, direct.cursor() as cur:
+            cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_stmt_prepare', 'Com_stmt_execute')")
+            counts = dict(cur.fetchall())
+            prepares += int(counts["Com_stmt_prepare"])
+            executes += int(counts["Com_stmt_execute"])
+    return prepares, executes
+
+
+def test_types_sent_once_and_backend_statements_reused(pair, sandbox):
+    """Executes after the first carry no parameter types (the driver may leave them out);
+    the proxy still answers each one right, and prepares each shard's statement once per
+    backend connection rather than once per execute."""
+    plain, _, proxy = pair
+    sql = "SELECT id, user_id FROM pr_item WHERE id BETWEEN ? AND ? ORDER BY id"
+    sets = [[1, 20], [61, 61], [62, 62], [None, 5], [100, 130], [7, 9]] * 4
+
+    async def run() -> list[list[tuple]]:
+        conn = BackendConnection("proxy", proxy.host, proxy.port, 0)
+        await conn.connect("app", "app", LOGICAL, 10)
+        try:
+            payloads, scanner = await conn.collect(bytes((Command.STMT_PREPARE,)) + sql.encode(),
+                                                   ResponseKind.PREPARE)
+            assert scanner.error is None, scanner.error
+            stmt_id = scanner.stmt_id
+            answers = []
+            for n, values in enumerate(sets):
+                payloads, scanner = await conn.collect(_execute_payload(stmt_id, values, n == 0), ResponseKind.RESULT)
+                assert scanner.error is None, (values, scanner.error)
+                result = result_rows(payloads, conn.deprecate_eof)
+                fields = result.parsed_fields()
+                answers.append([decode_binary_row(p, fields) for p in result.rows])
+            return answers
+        finally:
+            conn.close()
+
+    before = _backend_counts(sandbox)
+    answers = asyncio.run(run())
+    prepares, executes = (after - was for after, was in zip(_backend_counts(sandbox), before, strict=True))
+    direct = plain()
+    try:
+        cur = direct.cursor(prepared=True)
+        for values, rows in zip(sets, answers, strict=True):
+            cur.execute(sql, tuple(values))
+            assert [tuple(r) for r in rows] == [tuple(r) for r in cur.fetchall()], values
+    finally:
+        direct.close()
+    # 24 executes over up to 4 actual tables: one describe, then at most one prepare per
+    # actual table and backend connection (a single session uses few connections); the
+    # executes reach the shards as COM_STMT_EXECUTE (the client's parameters), not as text
+    assert prepares <= 12, prepares
+    assert executes >= len(sets), executes
