@@ -299,3 +299,32 @@ def test_types_sent_once_and_backend_statements_reused(pair, sandbox):
     # executes reach the shards as COM_STMT_EXECUTE (the client's parameters), not as text
     assert prepares <= 12, prepares
     assert executes >= len(sets), executes
+
+
+def test_text_statements_with_raw_bytes_reach_the_shards_unchanged(pair):
+    """A driver's text statement may carry raw bytes in a binary string (not UTF-8): they go
+    to the shard byte for byte, by the text path and the prepared one alike."""
+    plain, sharded, _ = pair
+    conns = plain(), sharded()
+    raw = bytes([0xFE, 0x00, 0xFF, 0x27])
+    try:
+        for conn in conns:
+            cur = conn.cursor()
+            cur.execute("INSERT INTO pr_item (id, user_id, bin) VALUES (%s, %s, %s), (%s, %s, %s)",
+                        (2001, 1, raw, 2002, 2, raw[::-1]))
+            cur.execute("UPDATE pr_item SET note = 'raw' WHERE bin IN (%s, %s)", (raw, raw[::-1]))
+        answers = []
+        for conn in conns:
+            cur = conn.cursor()
+            cur.execute("SELECT id, bin, note FROM pr_item WHERE bin = %s OR id = %s ORDER BY id", (raw, 2002))
+            text = cur.fetchall()
+            ps = conn.cursor(prepared=True)
+            ps.execute("SELECT id, bin FROM pr_item WHERE id BETWEEN ? AND ? ORDER BY id", (2001, 2002))
+            answers.append((text, ps.fetchall()))
+        assert answers[1] == answers[0]
+        assert [bytes(row[1]) for row in answers[0][0]] == [raw, raw[::-1]]
+    finally:
+        for conn in conns:
+            cur = conn.cursor()
+            cur.execute("DELETE FROM pr_item WHERE id IN (2001, 2002)")
+            conn.close()

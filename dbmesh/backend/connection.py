@@ -435,7 +435,8 @@ class BackendConnection:
 
     async def query(self, sql: str) -> QueryResult:
         """Run one statement for the sidecar's own use; raise BackendError on error."""
-        payloads, scanner = await self.collect(bytes((Command.QUERY,)) + sql.encode("utf-8"),
+        # surrogateescape: a client's text may hold raw bytes (binary strings), kept as sent
+        payloads, scanner = await self.collect(bytes((Command.QUERY,)) + sql.encode("utf-8", "surrogateescape"),
                                                ResponseKind.RESULT)
         return self._result(payloads, scanner)
 
@@ -448,7 +449,7 @@ class BackendConnection:
         frames = []
         for sql in sqls:
             self._statements.count += 1
-            frames.append(frame(bytes((Command.QUERY,)) + sql.encode("utf-8"), 0)[0])
+            frames.append(frame(bytes((Command.QUERY,)) + sql.encode("utf-8", "surrogateescape"), 0)[0])
         answers: list[QueryResult | BackendError] = []
         pending = b""
         try:

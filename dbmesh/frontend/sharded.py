@@ -276,7 +276,8 @@ class ShardedExecutor:
         session = self.session
         conn = await self.connection(unit.data_source)
         try:
-            scanner = await conn.relay(bytes((Command.QUERY,)) + unit.sql.encode("utf-8"), ResponseKind.RESULT,
+            statement = bytes((Command.QUERY,)) + unit.sql.encode("utf-8", "surrogateescape")
+            scanner = await conn.relay(statement, ResponseKind.RESULT,
                                        logical_sink(session.writer, session.config, session.database,
                                                     unit.data_source))
         except (ConnectionError, OSError) as exc:
@@ -533,7 +534,8 @@ def _merge_plan(spec: planner.SelectMerge, fields: list[Field]) -> MergePlan:
 
 async def _query_rows(conn: BackendConnection, unit: planner.RouteUnit) -> ResultRows:
     """A unit's SQL run as a text query, its result set undecoded."""
-    payloads, scanner = await conn.collect(bytes((Command.QUERY,)) + unit.sql.encode("utf-8"), ResponseKind.RESULT)
+    statement = bytes((Command.QUERY,)) + unit.sql.encode("utf-8", "surrogateescape")
+    payloads, scanner = await conn.collect(statement, ResponseKind.RESULT)
     if scanner.error is not None:
         raise BackendError(scanner.error)
     return result_rows(payloads, conn.deprecate_eof)

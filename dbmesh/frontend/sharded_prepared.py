@@ -86,7 +86,8 @@ async def prepare(session: Session, payload: bytes) -> None:
     data_source, describe_sql = planner.first_node_sql(tree, executor.rules, session.database)
     conn = await executor.connection(data_source)
     try:
-        payloads, scanner = await conn.collect(bytes((Command.STMT_PREPARE,)) + describe_sql.encode("utf-8"),
+        payloads, scanner = await conn.collect(bytes((Command.STMT_PREPARE,))
+                                               + describe_sql.encode("utf-8", "surrogateescape"),
                                                ResponseKind.PREPARE)
         if scanner.error is None:
             conn.close_statement(scanner.stmt_id)
@@ -173,7 +174,8 @@ async def _execute_on_backend(session: Session, unit: planner.RouteUnit) -> None
     executor = session.sharded
     conn = await executor.connection(unit.data_source)
     try:
-        payloads, scanner = await conn.collect(bytes((Command.STMT_PREPARE,)) + unit.sql.encode("utf-8"),
+        payloads, scanner = await conn.collect(bytes((Command.STMT_PREPARE,))
+                                               + unit.sql.encode("utf-8", "surrogateescape"),
                                                ResponseKind.PREPARE)
         if scanner.error is not None:
             session.send(payloads[0])
