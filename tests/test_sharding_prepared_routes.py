@@ -328,3 +328,32 @@ def test_text_statements_with_raw_bytes_reach_the_shards_unchanged(pair):
             cur = conn.cursor()
             cur.execute("DELETE FROM pr_item WHERE id IN (2001, 2002)")
             conn.close()
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT id, note FROM pr_item WHERE user_id = ? AND id = ?",         # point shape
+    "SELECT id, note FROM pr_item WHERE user_id = ? AND id IN (?)",      # one unit, by values
+    "SELECT id, note FROM pr_item WHERE user_id >= ? AND id >= ? ORDER BY id LIMIT 3",  # merged
+])
+def test_prepared_results_name_the_logical_table(pair, sql):
+    """Every execute's column definitions name the logical database and table, however the
+    statement is routed (the backend's names are shop_ds_N / pr_item_N)."""
+    from dbmesh.protocol.packets import parse_column_definition
+
+    _, _, proxy = pair
+
+    async def describe() -> list[tuple]:
+        conn = BackendConnection("proxy", proxy.host, proxy.port, 0)
+        await conn.connect("app", "app", LOGICAL, 10)
+        try:
+            _, scanner = await conn.collect(bytes((Command.STMT_PREPARE,)) + sql.encode(), ResponseKind.PREPARE)
+            assert scanner.error is None, scanner.error
+            payloads, scanner = await conn.collect(_execute_payload(scanner.stmt_id, [ITEMS[3][1], 4], True),
+                                                   ResponseKind.RESULT)
+            assert scanner.error is None, scanner.error
+            return [(f.schema, f.table, f.org_table, f.name) for f in
+                    (parse_column_definition(p) for p in result_rows(payloads, conn.deprecate_eof).field_packets)]
+        finally:
+            conn.close()
+
+    assert asyncio.run(describe()) == [(LOGICAL, "pr_item", "pr_item", "id"), (LOGICAL, "pr_item", "pr_item", "note")]

@@ -214,7 +214,7 @@ async def _execute_point(session: Session, stmt: ClientStatement, payload: bytes
         if backend.num_params != stmt.num_params:
             return False
         await conn.relay(prepared_units.execute_packet(session, stmt, payload, backend), ResponseKind.RESULT,
-                         session.writer)
+                         logical_sink(session.writer, session.config, session.database, node.data_source))
         if point.kind != "select":
             session.last_write_at[node.data_source] = time.monotonic()
     finally:
