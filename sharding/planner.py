@@ -240,21 +240,53 @@ class _Route:
     units: list[tuple[str, dict[str, str]]]
 
 
-def _route_tables(refs: list[_TableRef], rules: ShardingRuleSet, where: exp.Expression | None,
-                  params: Sequence[Any] | None, positions: dict[int, int]) -> _Route:
+@dataclass
+class _TableRouting:
+    """What routing one query level needs that no value changes: kept per statement shape."""
+    fixed: _Route | None             # no sharded table: the route whatever the values
+    sharded: list[str]               # sharded tables (bound), the first one routes
+    single: set[str]
+    column_of: Callable[[exp.Column], str | None] | None
+
+
+def _route_tables(tree: exp.Expression, refs: list[_TableRef], rules: ShardingRuleSet,
+                  where: exp.Expression | None, params: Sequence[Any] | None, positions: dict[int, int]) -> _Route:
+    routing = _static(tree, ("routing", id(refs), id(where), id(rules)), lambda: _table_routing(refs, rules, where))
+    if routing.fixed is not None:
+        return routing.fixed
+    sharded = routing.sharded
+    primary = rules.table_rule(sharded[0])
+    alternatives = conditions.extract(where, routing.column_of, params, positions)
+    nodes = _route_alternatives(primary, alternatives)
+    units = []
+    for node in nodes:
+        mapping = {primary.logical_table.lower(): node.table}
+        for other in sharded[1:]:
+            mapping[other] = rules.bound_node(primary.logical_table, node, other).table
+        units.append((node.data_source, mapping))
+    if routing.single:
+        off_default = {ds for ds, _ in units if ds != rules.default_data_source}
+        if off_default:
+            raise ShardingError(
+                f"tables {', '.join(sorted(routing.single))} live only on data source "
+                f"'{rules.default_data_source}' but {', '.join(sharded)} rows are on "
+                f"{', '.join(sorted(off_default))}; such a join cannot run on one shard (make the small table "
+                "a broadcast table)")
+    return _Route(units)
+
+
+def _table_routing(refs: list[_TableRef], rules: ShardingRuleSet, where: exp.Expression | None) -> _TableRouting:
     sharded = sorted({r.name for r in refs if rules.is_sharded(r.name)})
     broadcast = {r.name for r in refs if rules.is_broadcast(r.name)}
     single = {r.name for r in refs if rules.is_single(r.name)}
     if not sharded:
-        if single or not broadcast:
-            return _Route([(rules.default_data_source, {})])
-        return _Route([(rules.data_sources[0], {})])
+        fixed = _Route([(rules.default_data_source if single or not broadcast else rules.data_sources[0], {})])
+        return _TableRouting(fixed, [], single, None)
     if not rules.are_bound(sharded):
         raise ShardingError(
             f"tables {', '.join(sharded)} are sharded independently and not declared as binding tables, "
             "so rows that join may live on different shards; declare them in binding_tables, or query "
             "them separately")
-    primary = rules.table_rule(sharded[0])
     alias_to_table = {}
     for r in refs:
         alias_to_table[r.alias or r.name] = r.name
@@ -275,22 +307,7 @@ def _route_tables(refs: list[_TableRef], rules: ShardingRuleSet, where: exp.Expr
             return None
         return name
 
-    alternatives = conditions.extract(where, column_of, params, positions)
-    nodes = _route_alternatives(primary, alternatives)
-    units = []
-    for node in nodes:
-        mapping = {primary.logical_table.lower(): node.table}
-        for other in sharded[1:]:
-            mapping[other] = rules.bound_node(primary.logical_table, node, other).table
-        units.append((node.data_source, mapping))
-    if single:
-        off_default = {ds for ds, _ in units if ds != rules.default_data_source}
-        if off_default:
-            raise ShardingError(
-                f"tables {', '.join(sorted(single))} live only on data source '{rules.default_data_source}' "
-                f"but {', '.join(sharded)} rows are on {', '.join(sorted(off_default))}; such a join cannot "
-                "run on one shard (make the small table a broadcast table)")
-    return _Route(units)
+    return _TableRouting(None, sharded, single, column_of)
 
 
 def _route_alternatives(rule: TableRule, alternatives: conditions.Alternatives) -> list[DataNode]:
@@ -314,11 +331,13 @@ def _route_alternatives(rule: TableRule, alternatives: conditions.Alternatives) 
 def _plan_select(tree: exp.Select, rules: ShardingRuleSet, logical_db: str, params: Sequence[Any] | None,
                  positions: dict[int, int], sql_text: str | None) -> Plan:
     refs = _table_refs(tree, logical_db)
-    _refuse_sharded_subqueries(tree, rules, logical_db)
-    _check_colocated(tree, refs, rules)
-    route = _route_tables(refs, rules, _routing_scope(tree, refs, rules).args.get("where"), params, positions)
+    # Checks of the shape alone: made once per cached shape (a refusal is raised every time).
+    _static(tree, ("select checks", logical_db, id(rules)), lambda: (
+        _refuse_sharded_subqueries(tree, rules, logical_db), _check_colocated(tree, refs, rules)))
+    where = _static(tree, ("routing scope", id(rules)), lambda: _routing_scope(tree, refs, rules).args.get("where"))
+    route = _route_tables(tree, refs, rules, where, params, positions)
     if len(route.units) > 1:
-        _refuse_per_shard_repeats(tree, refs, rules)
+        _static(tree, ("per-shard repeats", id(rules)), lambda: _refuse_per_shard_repeats(tree, refs, rules))
     if len(route.units) == 1:
         ds, mapping = route.units[0]
         needs_rewrite = bool(mapping) or any(r.node.db for r in refs)
@@ -768,7 +787,7 @@ def _plan_set_operation(tree: exp.Expression, rules: ShardingRuleSet, logical_db
             _check_colocated(side, side_refs, rules)
             where = _routing_scope(side, side_refs, rules).args.get("where")
             flexible = all(rules.is_broadcast(r.name) for r in side_refs)  # the same rows everywhere
-            routes.append((_route_tables(side_refs, rules, where, params, positions), flexible))
+            routes.append((_route_tables(tree, side_refs, rules, where, params, positions), flexible))
         fixed = [route for route, flexible in routes if not flexible]
         if any(len(r.units) != 1 for r in fixed) or len({r.units[0][0] for r in fixed}) != 1:
             raise ShardingError("UNION over sharded tables is supported only when every side routes to the same "
@@ -897,7 +916,7 @@ def _plan_update_delete(tree: exp.Expression, rules: ShardingRuleSet, logical_db
         sql = _sql(_rename(tree, {}, logical_db))
         return Plan(kind, [RouteUnit(ds, sql) for ds in rules.data_sources], write=True, broadcast=True)
     _check_colocated(tree, refs, rules)
-    route = _route_tables(refs, rules, tree.args.get("where"), params, positions)
+    route = _route_tables(tree, refs, rules, tree.args.get("where"), params, positions)
     if len(route.units) > 1 and tree.args.get("limit") is not None:
         raise ShardingError(f"{kind.upper()} ... LIMIT on a sharded table must route to one shard; add a "
                             "condition on the sharding key")

@@ -150,3 +150,14 @@ def test_generated_keys_leave_the_cached_tree_alone(rules):
         assert unit.data_source == f"ds_{user % 2}"
         assert f"(user_id, status, order_id) VALUES ({user}, 'gen', {plan.last_insert_id})" in unit.sql
     assert cache.hits == 2
+
+
+def test_a_refused_shape_is_refused_every_time(rules):
+    """Checks made once per cached shape keep refusing it (nothing is remembered as passed)."""
+    from sharding.errors import ShardingError
+
+    cache = PlanCache()
+    for user in (1, 2, 3):
+        with pytest.raises(ShardingError, match="not matched on sharding column"):
+            cache.plan(f"SELECT o.order_id FROM t_order o JOIN t_order_item i ON o.order_id = i.order_id "
+                       f"WHERE o.status = 'x{user}'", rules, "shop")
