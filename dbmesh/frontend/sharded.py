@@ -369,9 +369,24 @@ class ShardedExecutor:
             for i in indexes:
                 results[i] = await command(conn, units[i])
 
-        outcomes = await asyncio.gather(*(run_source(ds, ix) for ds, ix in by_source.items()),
-                                        return_exceptions=True)
-        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        # The first data source runs in this task, the others in tasks of their own (no gather).
+        (first, first_indexes), *others = by_source.items()
+        tasks = [asyncio.ensure_future(run_source(ds, ix)) for ds, ix in others]
+        outcomes: list[Exception] = []
+        try:
+            await run_source(first, first_indexes)
+        except Exception as exc:  # noqa: BLE001 - raised below, once every unit is done
+            outcomes.append(exc)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        for task in tasks:
+            try:
+                await task
+            except Exception as exc:  # noqa: BLE001 - as above
+                outcomes.append(exc)
+        failure = outcomes[0] if outcomes else None
         if isinstance(failure, (ConnectionError, OSError)):
             self.release(force=True)
             raise ProxyError(errors.ER_QUERY_ON_FOREIGN_DATA_SOURCE, errors.SQLSTATE_LINK_FAILURE,
