@@ -65,7 +65,7 @@ class FastLane:
         self.protocol = protocol
         self.conn: BackendConnection | None = None  # answering a command now
         # Where that connection goes back: None, the session holds it (pass-through); else a
-        # sharded statement borrowed it from this pool for the one statement.
+        # sharded statement or a replica read borrowed it from this pool for the one statement.
         self.pool: Pool | None = None
         self.wrote_to: str | None = None  # a write on this data source, for read-your-writes
         self.replica: Replica | None = None  # the replica serving a read
