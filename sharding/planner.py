@@ -846,7 +846,8 @@ def _plan_insert(tree: exp.Insert, rules: ShardingRuleSet, logical_db: str, para
                             f"{len(columns)} columns listed")
     generated_first = 0
     key = rule.key_generator
-    if key is not None and key.column.lower() not in columns:
+    key_given = key is None or key.column.lower() in columns
+    if not key_given:
         columns.append(key.column.lower())
         # The column goes into a copy: the plan cache keeps ``tree`` for the next statement.
         tree = tree.copy()
@@ -871,6 +872,12 @@ def _plan_insert(tree: exp.Insert, rules: ShardingRuleSet, logical_db: str, para
         node = rule.route_row(values_of, database_hint=hints.database[0] if hints.database else None,
                               table_hint=hints.table[0] if hints.table else None)
         by_node.setdefault(node, []).append(row)
+    if len(by_node) == 1 and key_given:
+        # Every row on one node, as the statement lists them: the statement itself, renamed
+        # (generated once per node for a cached shape).
+        node = next(iter(by_node))
+        return Plan("insert", [RouteUnit(node.data_source, _render(tree, {name: node.table}, logical_db))],
+                    write=True)
     units = []
     order = {n: i for i, n in enumerate(rule.data_nodes)}
     for node in sorted(by_node, key=order.__getitem__):
