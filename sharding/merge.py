@@ -697,20 +697,45 @@ def pick(shard_items: Sequence[Iterable[Any]], plan: MergePlan, decode: Callable
     if not plan.order_by and not plan.distinct:
         items = itertools.chain.from_iterable(shard_items)
         return itertools.islice(items, plan.offset, stop) if plan.offset or stop is not None else items
+    if plan.order_by and (not plan.distinct or _order_decides_distinct(plan)):
+        items = _merged_items(shard_items, plan.order_by, decode, plan.distinct)
+        return itertools.islice(items, plan.offset, stop) if plan.offset or stop is not None else items
     # Each row carries its item last: compared by its values, handed on untouched.
     streams = [((*decode(item), item) for item in items) for items in shard_items]
     rows: Iterator[Row]
-    if plan.distinct and _order_decides_distinct(plan):
-        rows = (row for _key, row in _adjacent_distinct(_kway(streams, plan.order_by)))
-    elif plan.order_by:
+    if plan.order_by:
         rows = (row for _key, row in _kway(streams, plan.order_by))
     else:
         rows = itertools.chain.from_iterable(streams)
-    if plan.distinct and not _order_decides_distinct(plan):
-        rows = _distinct_carrying(rows, plan.column_collations)
+    rows = _distinct_carrying(rows, plan.column_collations)
     if plan.offset or stop is not None:
         rows = itertools.islice(rows, plan.offset, stop)
     return (row[-1] for row in rows)
+
+
+def _merged_items(shard_items: Sequence[Iterable[Any]], order: Sequence[OrderItem], decode: Callable[[Any], Row],
+                  distinct: bool) -> Iterator[Any]:
+    """_kway over items of sorted shards, yielding the items themselves; with ``distinct``
+    (the order compares every column) only the first of equal neighbours."""
+    keyf = _row_key_func(order, directional=True)
+    heap: list[tuple[tuple, int, Any, Iterator[Any]]] = []
+    for i, items in enumerate(shard_items):
+        it = iter(items)
+        item = next(it, _END)
+        if item is not _END:
+            heap.append((keyf(decode(item)), i, item, it))
+    heapq.heapify(heap)  # (key, shard index) is unique, so items are never compared
+    previous: Any = _END
+    while heap:
+        key, i, item, it = heap[0]
+        if not distinct or key != previous:
+            previous = key
+            yield item
+        following = next(it, _END)
+        if following is _END:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (keyf(decode(following)), i, following, it))
 
 
 def _order_decides_distinct(plan: MergePlan) -> bool:
@@ -719,14 +744,6 @@ def _order_decides_distinct(plan: MergePlan) -> bool:
     colls = plan.column_collations
     compared = {(o.index, o.collation) for o in plan.order_by}
     return bool(colls) and all((i, c) in compared for i, c in enumerate(colls))
-
-
-def _adjacent_distinct(keyed: Iterable[tuple[tuple, Row]]) -> Iterator[tuple[tuple, Row]]:
-    previous: Any = _END
-    for key, row in keyed:
-        if key != previous:
-            previous = key
-            yield key, row
 
 
 def _distinct_carrying(rows: Iterable[Row], colls: Sequence[str | None]) -> Iterator[Row]:
