@@ -45,11 +45,6 @@ class SelectMerge:
     hidden: int = 0                  # derived columns appended after the visible ones
     avg_indexes: list[int] = field(default_factory=list)
 
-    @property
-    def picks_rows(self) -> bool:
-        """The merge only chooses and orders the units' rows and passes each on whole."""
-        return not (self.aggregates or self.group_by or self.having is not None or self.hidden)
-
 
 @dataclass
 class Plan:

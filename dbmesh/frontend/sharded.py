@@ -1,8 +1,9 @@
 """Statements on a sharded logical database: plan, run on the route units, merge.
 
 One unit: the rewritten SQL is relayed raw, like pass-through. Several units: rows are
-fetched from every unit concurrently, decoded, merged (sharding.merge) and sent as one
-result set; writes add up their affected rows. Inside an explicit transaction the session
+fetched from every unit concurrently and merged (sharding.merge) into one result set; a
+merge that only chooses and orders rows passes each row on as its shard sent it, decoding
+only the columns it compares; writes add up their affected rows. Inside an explicit transaction the session
 keeps one backend connection per data source it touched and commits or rolls back all of
 them together (LOCAL mode: each branch commits in turn).
 """
