@@ -86,9 +86,6 @@ def pair(sandbox, tmp_path_factory):
     proxy = start_proxy(sandbox_proxy_config(sandbox, workdir, {LOGICAL: {"sharding": RULES}}), workdir)
     info = sandbox.info()
     shard = info.shard("ds_0")
-    with sandbox.admin_connect("ds_0") as admin, admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {PLAIN}")
-        cur.execute(f"CREATE DATABASE {PLAIN} DEFAULT CHARSET utf8mb4 COLLATE utf8mb4_general_ci")
 
     def plain():
         return _connect(shard.host, shard.port, info.user, info.password, PLAIN)
@@ -96,21 +93,26 @@ def pair(sandbox, tmp_path_factory):
     def sharded():
         return _connect(proxy.host, proxy.port, "app", "app", LOGICAL)
 
-    for connect in (plain, sharded):
-        conn = connect()
-        _load(conn)
-        conn.close()
     try:
-        yield plain, sharded, proxy
-    finally:
-        conn = sharded()
-        cur = conn.cursor()
-        for table in ("pr_item", "pr_dict"):
-            cur.execute(f"DROP TABLE IF EXISTS {table}")
-        conn.close()
-        stop_proxy(proxy)
         with sandbox.admin_connect("ds_0") as admin, admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {PLAIN}")
+            cur.execute(f"CREATE DATABASE {PLAIN} DEFAULT CHARSET utf8mb4 COLLATE utf8mb4_general_ci")
+        for connect in (plain, sharded):
+            conn = connect()
+            _load(conn)
+            conn.close()
+        yield plain, sharded, proxy
+    finally:
+        try:
+            conn = sharded()
+            cur = conn.cursor()
+            for table in ("pr_item", "pr_dict"):
+                cur.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.close()
+        finally:
+            stop_proxy(proxy)
+            with sandbox.admin_connect("ds_0") as admin, admin.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS {PLAIN}")
 
 
 def _norm(value: Any, ci: bool) -> tuple[str, str]:
