@@ -498,15 +498,19 @@ _END = object()
 
 
 def _kway(
-    shard_rows: Sequence[Iterable[Row]], items: Sequence[OrderItem], check_order: bool = False
-) -> Iterator[tuple[tuple, Row]]:
+    shard_rows: Sequence[Iterable[Any]], items: Sequence[OrderItem], check_order: bool = False,
+    decode: Callable[[Any], Row] | None = None,
+) -> Iterator[tuple[tuple, Any]]:
     """Lazy merge of pre-sorted shard streams, yielding (sort key, row).
 
     Ties go to the lower shard index, then arrival order.  A shard is only
     pulled when its previous row has been consumed.  With ``check_order`` a
     shard stream that is not monotone under our key raises MergeOrderError.
+    With ``decode`` the streams hold raw items (row payloads): the key is taken
+    from the decoded row and the item itself is yielded.
     """
-    keyf = _row_key_func(items, directional=True)
+    row_key = _row_key_func(items, directional=True)
+    keyf = row_key if decode is None else (lambda item: row_key(decode(item)))
     heap: list[tuple[tuple, int, Row, Iterator[Row]]] = []
     for i, rows in enumerate(shard_rows):
         it = iter(rows)
@@ -717,25 +721,11 @@ def _merged_items(shard_items: Sequence[Iterable[Any]], order: Sequence[OrderIte
                   distinct: bool) -> Iterator[Any]:
     """_kway over items of sorted shards, yielding the items themselves; with ``distinct``
     (the order compares every column) only the first of equal neighbours."""
-    keyf = _row_key_func(order, directional=True)
-    heap: list[tuple[tuple, int, Any, Iterator[Any]]] = []
-    for i, items in enumerate(shard_items):
-        it = iter(items)
-        item = next(it, _END)
-        if item is not _END:
-            heap.append((keyf(decode(item)), i, item, it))
-    heapq.heapify(heap)  # (key, shard index) is unique, so items are never compared
     previous: Any = _END
-    while heap:
-        key, i, item, it = heap[0]
+    for key, item in _kway(shard_items, order, decode=decode):
         if not distinct or key != previous:
             previous = key
             yield item
-        following = next(it, _END)
-        if following is _END:
-            heapq.heappop(heap)
-        else:
-            heapq.heapreplace(heap, (keyf(decode(following)), i, following, it))
 
 
 def _order_decides_distinct(plan: MergePlan) -> bool:
