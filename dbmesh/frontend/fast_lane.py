@@ -118,7 +118,7 @@ class FastLane:
             return None
         if stmt.sharded is not None:
             return self._sharded_point_execute(data, stmt)
-        if session.shadow.flag or session.database in session.shadow.databases or b"dbmesh:" in stmt.sql:
+        if session.shadow.engaged(stmt.sql):
             return None
         conn = session._borrow_now()
         if conn is None:
@@ -144,7 +144,7 @@ class FastLane:
         statement = classify(sql)
         if statement.kind is not Kind.PASS or statement.session_set or statement.pin_reason:
             return None
-        if session.shadow.flag or session.database in session.shadow.databases or b"dbmesh:" in sql:
+        if session.shadow.engaged(sql):
             return None
         held = session.held
         if held is not None and held.role != "primary":
@@ -192,7 +192,7 @@ class FastLane:
         statement = classify(sql)
         if statement.kind is not Kind.PASS or not statement.read_only or statement.pin_reason:
             return None
-        if session.shadow.flag or session.database in session.shadow.databases:
+        if session.shadow.engaged():
             return None
         text = sql.decode("utf-8", "surrogateescape")
         plan_cache = session.server.plan_cache
@@ -223,7 +223,7 @@ class FastLane:
         point = info.point
         if point is None or info.control is not None or session.sharded.in_transaction or not session.autocommit:
             return None
-        if session.shadow.flag or session.database in session.shadow.databases:
+        if session.shadow.engaged():
             return None
         payload = data[4:]
         try:

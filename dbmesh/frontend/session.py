@@ -504,8 +504,7 @@ class Session:
             else:
                 await self.sharded.query(sql.decode("utf-8", "surrogateescape"))
             return
-        if (self.shadow.flag or self.database in self.shadow.databases or b"dbmesh:" in sql) \
-                and await self.shadow.com_query(payload, statement):
+        if self.shadow.engaged(sql) and await self.shadow.com_query(payload, statement):
             return
         scanner = await self.relay_statement(payload, statement)
         if scanner is not None and scanner.error is None and statement.session_set \
@@ -560,7 +559,7 @@ class Session:
         inner = sql.lstrip()[len(b"PREVIEW"):].strip().decode("utf-8", "surrogateescape")
         if not inner:
             raise ProxyError(1064, "42000", "PREVIEW needs a statement, e.g. PREVIEW SELECT * FROM t WHERE id = 1")
-        if self.database in self.shadow.databases or self.shadow.flag or "dbmesh:" in inner:
+        if self.shadow.engaged(inner):
             units = self.shadow.preview(inner)
         elif self._is_sharded():
             units = [(u.data_source, u.sql) for u in self.sharded.preview(inner)]
@@ -755,8 +754,7 @@ class Session:
         if stmt.cursor_conn is not None:
             # Re-executing closes the open cursor; the backend does the same.
             stmt.cursor_conn = None
-        if (self.shadow.flag or self.database in self.shadow.databases or b"dbmesh:" in stmt.sql) \
-                and await self.shadow.stmt_execute(stmt, payload):
+        if self.shadow.engaged(stmt.sql) and await self.shadow.stmt_execute(stmt, payload):
             return
         await self.execute_prepared(stmt, payload)
 

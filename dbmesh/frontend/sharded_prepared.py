@@ -135,7 +135,7 @@ async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> No
     executor = session.sharded
     # A BASE global transaction images its writes (and record_lock locks its reads): plan path.
     in_base = executor.in_transaction and executor.txn.base is not None
-    shadowed = session.shadow.flag or session.database in session.shadow.databases
+    shadowed = session.shadow.engaged()
     with_client_bytes = not long_data and not in_base and not shadowed
     if info.point is not None and with_client_bytes:
         if await _execute_point(session, stmt, payload, values):
