@@ -89,3 +89,36 @@ def test_stopping_the_supervisor_stops_the_workers(two_workers):
     assert proxy.process.wait(20) == 0
     assert not any(running(pid) for pid in workers)
     held.close()
+
+
+def test_statement_counts_of_all_workers_reach_the_supervisors_metrics(sandbox, tmp_path):
+    """Workers count statements as plain integers and hand them to the multiprocess metrics
+    every second; the supervisor's /metrics sums them over workers."""
+    import re
+    import urllib.request
+
+    from conftest import free_port
+
+    config = sandbox_proxy_config(sandbox, tmp_path)
+    config["server"] = {"workers": 2}
+    config["metrics"] = {"host": "127.0.0.1", "port": free_port()}
+    proxy = start_proxy(config, tmp_path)
+    url = f"http://127.0.0.1:{config['metrics']['port']}/metrics"
+
+    def statements() -> float:
+        try:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:
+            return 0.0
+        return sum(float(v) for v in re.findall(r'dbmesh_backend_statements_total\{[^}]*role="primary"\} ([0-9.e+]+)',
+                                                 text))
+
+    try:
+        before = statements()
+        for _ in range(8):  # connections land on either worker
+            with proxy.connect() as conn, conn.cursor() as cur:
+                for n in range(5):
+                    cur.execute("SELECT %s", (n,))
+        assert wait_until(lambda: statements() >= before + 40), (before, statements())
+    finally:
+        stop_proxy(proxy)
