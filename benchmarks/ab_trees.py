@@ -1,8 +1,10 @@
 """Same-run A/B of dbmesh source trees: which figure one change moved, and by how much.
 
 Starts one two-shard sandbox, loads the sysbench table, and serves it with one dbmesh proxy
-per source tree (a git revision exported with ``git archive``, or ``.`` for the working
-tree), plus HAProxy as a reference. Then it alternates short sysbench runs between them,
+per source tree (a git revision exported with ``git archive``, ``.`` for the working
+tree, or a directory), plus HAProxy as a reference. An exported revision runs as Python
+sources unless ``--native`` compiles its hot-path modules (dbmesh/native.py); ``.`` and a
+directory run as they are built. Then it alternates short sysbench runs between them,
 round after round, the order reversed every other round, so a drift of the machine spreads
 over all trees. It prints, per tree, the medians of QPS, proxy CPU per statement and proxy
 user CPU per statement, and the median of the per-round ratios against the first tree.
@@ -10,13 +12,14 @@ Two references run on the unsharded table: HAProxy in TCP mode, and
 harness/python_relay.py, a byte relay on uvloop that parses nothing (the floor of any
 Python proxy on this machine).
 
-    .venv/bin/python benchmarks/ab_trees.py --tree main=main --tree head=. --rounds 6
+    .venv/bin/python benchmarks/ab_trees.py --tree main=main --tree head=. --rounds 6 --native
     .venv/bin/python benchmarks/ab_trees.py --tree a=HEAD~1 --tree b=HEAD --config sharded --text
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -44,14 +47,26 @@ class Figures:
 
 
 def export_tree(revision: str, into: Path) -> Path:
-    """The source of ``revision`` under ``into`` (``.``: this working tree as it is)."""
+    """The source of ``revision`` under ``into`` (``.``: this working tree as it is; a
+    directory: that tree as it is, e.g. one with compiled modules)."""
     if revision == ".":
         return HERE.parent
+    if Path(revision).is_dir():
+        return Path(revision).resolve()
     into.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", revision],
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+def build_native(tree: Path) -> str:
+    """Compile ``tree``'s hot-path modules (a revision that has dbmesh/native.py); its status."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run([sys.executable, "-m", "dbmesh", "native", "build"], cwd=tree, env=env, check=True,
+                   capture_output=True)
+    return subprocess.run([sys.executable, "-m", "dbmesh", "native", "status"], cwd=tree, env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def measure(service: services.Service, workload: sysbench.Workload, endpoint: sysbench.Endpoint,
@@ -70,7 +85,7 @@ def measure(service: services.Service, workload: sysbench.Workload, endpoint: sy
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", action="append", required=True, metavar="NAME=REV",
-                        help="a source tree to measure: a git revision, or . for the working tree")
+                        help="a source tree to measure: a git revision, . for the working tree, or a directory")
     parser.add_argument("--config", choices=("passthrough", "sharded"), default="passthrough")
     parser.add_argument("--script", default="oltp_point_select")
     parser.add_argument("--text", action="store_true", help="--db-ps-mode=disable")
@@ -78,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--table-size", type=int, default=10000)
+    parser.add_argument("--native", action="store_true",
+                        help="compile the hot-path modules of each exported revision (dbmesh/native.py)")
     return parser.parse_args(argv)
 
 
@@ -91,6 +108,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Figures]:
         for spec in args.tree:
             name, _, revision = spec.partition("=")
             source = export_tree(revision, workdir / "trees" / name)
+            if args.native and (source / "dbmesh" / "native.py").exists() and source != HERE.parent:
+                print(f"{name}: {build_native(source)}", flush=True)
             proxy = services.start_dbmesh(f"dbmesh-{name}", make_config(box), workdir, source=source)
             started.append(proxy)
             endpoints[name] = (proxy, cluster.proxy_endpoint(proxy.port))

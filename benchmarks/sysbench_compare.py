@@ -296,6 +296,7 @@ def execute(settings: Settings, state: State) -> None:
     # Other work on the machine moves every figure but the same-run ratios: record how busy it was.
     state.machine["loadavg_1_5_15_at_start"] = [round(x, 2) for x in os.getloadavg()]
     state.machine["dbmesh_workers"] = settings.workers
+    print(f"dbmesh: {state.machine['dbmesh_build']}", flush=True)
     print(f"rows: {cluster.row_counts(box)}", flush=True)
     state.bench = Bench(box, state.workdir, settings.workers)
     state.bench.start_all()

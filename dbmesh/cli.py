@@ -29,8 +29,10 @@ def _install_loop_policy() -> None:
 
 
 async def _serve(config: Config, slot: tuple[int, int, int, int] | None = None) -> None:
-    from . import workers
+    from . import native, workers
     from .frontend.server import Server
+
+    logging.getLogger("dbmesh.server").info("%s", native.status())
 
     if slot is None:
         server = Server(config)
@@ -117,6 +119,21 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_native(args: argparse.Namespace) -> int:
+    from . import native
+    if args.action == "build":
+        if native.up_to_date() and not args.force:
+            print("compiled modules are up to date")
+            return 0
+        native.build()
+        print(f"compiled {len(native.MODULES)} modules; processes started from now on run them")
+    elif args.action == "clean":
+        native.clean()
+    else:
+        print(native.status())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dbmesh", description="database mesh sidecar for MySQL/MariaDB")
     parser.add_argument("--log-level", default="info")
@@ -142,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     box.add_argument("--config", help="where to write the proxy config (default DIR/dbmesh.yaml)")
     box.add_argument("--purge", action="store_true", help="with down: delete the data folders")
     box.set_defaults(func=cmd_sandbox)
+
+    native = sub.add_parser("native", help="compile the hot-path modules with mypyc (dbmesh/native.py)")
+    native.add_argument("action", choices=["build", "status", "clean"], nargs="?", default="status")
+    native.add_argument("--force", action="store_true", help="with build: rebuild even when up to date")
+    native.set_defaults(func=cmd_native)
 
     from shadow import provision
 

@@ -16,4 +16,10 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,native]'
+# The hot-path modules compiled with mypyc (dbmesh/native.py); without a C compiler dbmesh
+# runs them as Python sources, only slower.
+if ! .venv/bin/python -m dbmesh native build > .venv/native-build.log 2>&1; then
+  tail -20 .venv/native-build.log >&2
+  echo "setup: compiling the hot-path modules failed (above); dbmesh runs them as Python sources" >&2
+fi

@@ -21,6 +21,12 @@ from typing import Any
 
 from sqlglot import exp
 
+try:
+    from mypy_extensions import mypyc_attr  # present where dbmesh/native.py compiles this module
+except ImportError:  # running the source without the build tools: the decorator does nothing
+    def mypyc_attr(**_: Any) -> Callable[[type], type]:  # type: ignore[no-redef,misc]
+        return lambda cls: cls
+
 from . import conditions, planner
 from .errors import ShardingError
 from .planner import MEMOS, Plan, RouteUnit, parse_statement, plan
@@ -34,7 +40,7 @@ _LITERAL = re.compile(
 )
 _MARKER = re.compile(r":" + conditions.PLACEHOLDER_PREFIX + r"(\d+)")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "b": "\b", "Z": "\x1a"}
-_UNCACHEABLE = object()
+_UNCACHEABLE: Any = object()
 # Where a literal may stand and still be a routing value rather than part of the result shape.
 _VALUE_CLAUSES = (exp.Where, exp.Values, exp.Tuple)
 
@@ -92,7 +98,21 @@ def normalise(sql: str) -> tuple[str, list[str]] | None:
 
 def put_back(text: str, literals: list[str]) -> str:
     """SQL generated from a shape, with each placeholder replaced by its literal's text."""
-    return _MARKER.sub(lambda m: literals[int(m.group(1))], text)
+    return _filled(_template(text), literals)
+
+
+def _template(rendered: str) -> list[Any]:
+    """SQL generated from a shape, split at its placeholders: text, literal number (an int),
+    text, ..., text."""
+    return [int(piece) if i % 2 else piece for i, piece in enumerate(_MARKER.split(rendered))]
+
+
+def _filled(template: list[Any], literals: list[str]) -> str:
+    """A _template with the client's literal texts put back in."""
+    out = template.copy()
+    for i in range(1, len(out), 2):
+        out[i] = literals[out[i]]
+    return "".join(out)
 
 
 def _literals_route_only(tree: exp.Expression) -> bool:
@@ -121,7 +141,7 @@ class PointShape:
     planner's walk of the tree. Built only for shapes where that is provably what the full
     planner does (see point_shape); anything else keeps the full route."""
 
-    __slots__ = ("kind", "rule", "table", "positions", "locking", "_direct")
+    __slots__ = ("kind", "rule", "table", "positions", "locking", "_direct", "_templates", "_nodes")
 
     def __init__(self, kind: str, rule: Any, table: str, positions: tuple[tuple[str, int], ...], locking: bool):
         self.kind = kind              # select | update | delete
@@ -130,8 +150,12 @@ class PointShape:
         self.positions = positions    # (sharding column, literal index) pairs
         self.locking = locking
         self._direct = self._direct_route()
+        # actual table -> the SQL rendered for it, split at its placeholders (their numbers as
+        # ints): a hit only puts the literal texts back in.
+        self._templates: dict[str, list[Any]] = {}
+        self._nodes: dict[tuple[str, str], DataNode] = {}  # the direct route's nodes, made once
 
-    def _direct_route(self) -> tuple | None:
+    def _direct_route(self) -> tuple[Any, int, Any, int] | None:
         """(database strategy, its value's index, table strategy or None, its index) when each
         dimension is one single-column algorithm (or no table strategy over one table per data
         source): then a node is two shard() calls, not TableRule.route's general walk."""
@@ -161,7 +185,9 @@ class PointShape:
     def _direct_node(self, values: Sequence[Any]) -> Any:
         """What TableRule.route gives for one exact value per column, computed directly; None
         (then route() decides, and words any error) when a value routes nowhere or fails."""
-        db, db_index, tb, tb_index = self._direct
+        direct = self._direct
+        assert direct is not None
+        db, db_index, tb, tb_index = direct
         rule = self.rule
         try:
             ds = db.algorithm.shard(rule.data_sources, values[db_index])
@@ -171,7 +197,17 @@ class PointShape:
             return None
         if ds not in rule.tables_by_source or table not in tables:
             return None
-        return DataNode(ds, table)
+        node = self._nodes.get((ds, table))
+        if node is None:
+            node = self._nodes[ds, table] = DataNode(ds, table)
+        return node
+
+    def actual_sql(self, tree: exp.Expression, table: str, logical_db: str, literals: list[str]) -> str:
+        """The SQL of this shape on actual table ``table``, with the client's literal texts."""
+        template = self._templates.get(table)
+        if template is None:
+            template = self._templates[table] = _template(planner._render(tree, {self.table: table}, logical_db))
+        return _filled(template, literals)
 
     def plan(self, tree: exp.Expression, logical_db: str, values: list[Any]) -> Plan | None:
         node = self.node(values)
@@ -242,13 +278,16 @@ def _forget_memos(*caches: OrderedDict[Any, Any]) -> None:
             MEMOS.pop(id(tree), None)
 
 
+# A plain Python class even when compiled (dbmesh/native.py): a finalizer needs a weak
+# reference to it, which mypyc's native classes do not take.
+@mypyc_attr(native_class=False)
 class PlanCache:
     def __init__(self, capacity: int = 2048):
         self.capacity = capacity
         self._trees: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         # key -> PointShape, or _UNCACHEABLE when the shape needs the full planner
         self._points: dict[tuple[str, ...], Any] = {}
-        self._templates: dict[str, list[str]] = {}
+        self._templates: dict[str, list[Any]] = {}
         # (logical database, prepared statement text) -> its tree, shared by the sessions
         self._statements: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.hits = 0
@@ -328,20 +367,17 @@ class PlanCache:
         if node is None:
             return None
         self.hits += 1
-        return node.data_source, self._fill(planner._render(tree, {point.table: node.table}, logical_db), literals)
+        return node.data_source, point.actual_sql(tree, node.table, logical_db, literals)
 
     def _fill(self, sql: str, literals: list[str]) -> str:
         """``sql`` with each placeholder marker replaced by the client's literal text; the
         split of a rendered SQL is kept (a few distinct texts per shape, reused per hit)."""
-        pieces = self._templates.get(sql)
-        if pieces is None:
+        template = self._templates.get(sql)
+        if template is None:
             if len(self._templates) > 4 * self.capacity:
                 self._templates.clear()
-            pieces = self._templates[sql] = _MARKER.split(sql)  # text, index, text, index, ..., text
-        out = pieces.copy()
-        for i in range(1, len(out), 2):
-            out[i] = literals[int(out[i])]
-        return "".join(out)
+            template = self._templates[sql] = _template(sql)
+        return _filled(template, literals)
 
     def _point_plan(self, key: tuple[str, ...], tree: exp.Expression, rules: Any, logical_db: str,
                     values: list[Any]) -> Plan | None:

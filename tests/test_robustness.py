@@ -928,6 +928,52 @@ def test_abrupt_disconnects_leak_nothing_and_pool_saturation(sandbox, sandbox_co
         assert_no_tracebacks(proxy)
 
 
+def proxy_rss_mb(proxy: Proxy) -> float:
+    for line in Path(f"/proc/{proxy.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+SLOW_ROWS, SLOW_WIDTH = 16000, 4000  # a 64 MB result
+
+
+def test_a_slow_reader_holds_back_the_backend_not_the_sidecars_memory(rb_proxy: Proxy) -> None:
+    """A client that stops reading a large result: the sidecar stops reading the backend
+    once about 1 MiB waits for the client (the relay pauses the backend's transport), so its
+    memory stays flat; other sessions are served meanwhile; the result arrives whole when the
+    client reads again."""
+    c = RawClient(rb_proxy, timeout=60)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    c.login()
+    before = proxy_rss_mb(rb_proxy)
+    c.send(bytes((COM_QUERY,)) + f"SELECT seq, REPEAT('x', {SLOW_WIDTH}) FROM seq_1_to_{SLOW_ROWS}".encode())
+    assert c.read() == b"\x02"  # the column count: the result has started; the client stops reading
+    peak = before
+    with rb_proxy.connect() as other, other.cursor() as cur:
+        for i in range(20):  # about two seconds, in which the backend could send all of it
+            cur.execute("SELECT %s", (i,))
+            assert cur.fetchone() == (i,)
+            peak = max(peak, proxy_rss_mb(rb_proxy))
+            time.sleep(0.1)
+    assert peak - before < 24, f"RSS grew {peak - before:.0f} MB while a client held back a 64 MB result"
+    for _ in range(2):
+        c.read()  # column definitions
+    assert c.read()[:1] == b"\xfe"
+    rows = 0
+    while True:
+        packet = c.read()
+        assert packet is not None, "connection closed before the end of the result"
+        if packet[:1] == b"\xfe" and len(packet) < 9:
+            break
+        assert packet.endswith(b"x" * SLOW_WIDTH)
+        rows += 1
+    assert rows == SLOW_ROWS
+    assert c.query("SELECT 'after'") == [[b"after"]]  # the session goes on
+    c.close()
+    assert_healthy(rb_proxy)
+
+
 # ---------------------------------------------------------------------------------------
 # 4. Payloads over 16 MiB, both directions, text and binary protocol
 

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,9 @@ def _read(path: str) -> str:
         return ""
 
 
-def _command_output(cmd: list[str]) -> str:
+def _command_output(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cwd, env=env)
     except OSError:
         return "unknown"
     return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else "unknown"
@@ -187,7 +188,15 @@ def machine_info(mariadb_version: str, haproxy_version: str, root: Path) -> dict
         "haproxy": haproxy_version,
         "dbmesh_event_loop": loop,
         "dbmesh_commit": _command_output(["git", "-C", str(root), "rev-parse", "--short", "HEAD"]),
+        "dbmesh_build": native_status(root),
     }
+
+
+def native_status(root: Path) -> str:
+    """Whether the proxies this harness starts from ``root`` run compiled hot-path modules
+    (dbmesh/native.py), as a fresh process there sees it."""
+    return _command_output([sys.executable, "-m", "dbmesh", "native", "status"], cwd=root,
+                           env={**os.environ, "PYTHONPATH": str(root)})
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Final
 
 from .. import metrics
 from ..errors import ER_NOT_SUPPORTED_AUTH_MODE
@@ -31,6 +32,8 @@ from ..protocol.packets import (
     ErrInfo,
     Field,
     PacketReader,
+    direct_write,
+    forget_close_error,
     frame,
     lenenc_str,
     parse_column_definition,
@@ -39,16 +42,18 @@ from ..protocol.packets import (
     parse_text_row,
     read_lenenc_int,
     read_nul_str,
+    stream_quiet,
+    take_unread,
 )
 from ..protocol.scanner import ResponseKind, ResponseScanner
 
 log = logging.getLogger("dbmesh.backend")
 
-_READ_CHUNK = 256 * 1024
+_READ_CHUNK: Final = 256 * 1024
 _HEADER = struct.Struct("<I")  # payload length (3 bytes) and sequence id (1 byte)
 
 # Always asked of a backend, whatever the client negotiated.
-BASE_CAPABILITIES = (
+BASE_CAPABILITIES: Final = (
     Capability.LONG_PASSWORD | Capability.PROTOCOL_41 | Capability.SECURE_CONNECTION
     | Capability.PLUGIN_AUTH | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA | Capability.TRANSACTIONS
     | Capability.MULTI_RESULTS | Capability.PS_MULTI_RESULTS
@@ -104,7 +109,7 @@ def split_payloads(raw: bytes) -> list[bytes]:
 
 
 # Past this many bytes waiting for the client, stop reading the backend until they drain.
-_CLIENT_BUFFER_LIMIT = 1 << 20
+_CLIENT_BUFFER_LIMIT: Final = 1 << 20
 
 
 class _BackendProtocol(asyncio.StreamReaderProtocol):
@@ -129,7 +134,7 @@ class _BackendProtocol(asyncio.StreamReaderProtocol):
             self.disturbed = True
             super().data_received(rest)
 
-    def eof_received(self) -> bool:
+    def eof_received(self) -> bool | None:
         self.disturbed = True
         relay = self.relay
         if relay is not None:
@@ -142,10 +147,15 @@ class _BackendProtocol(asyncio.StreamReaderProtocol):
         if relay is not None:
             relay.fail(exc if isinstance(exc, OSError) else ConnectionClosed("backend closed the connection"))
         super().connection_lost(exc)
+        forget_close_error(self)
 
 
 # on_done(scanner, error): the response is complete (error None) or the relay failed.
 RelayDone = Callable[[ResponseScanner, BaseException | None], None]
+
+
+def _drop(data: bytes) -> None:
+    """The sink of a response nobody reads."""
 
 
 class _Relay:
@@ -154,15 +164,15 @@ class _Relay:
 
     __slots__ = ("conn", "scanner", "write", "out", "transport", "started", "finished", "on_done")
 
-    def __init__(self, conn: BackendConnection, scanner: ResponseScanner, sink, transport: asyncio.Transport,
+    def __init__(self, conn: BackendConnection, scanner: ResponseScanner, sink: Any, transport: asyncio.Transport,
                  on_done: RelayDone):
         self.conn = conn
         self.scanner = scanner
         # The sink may be a mirror.Tee or a coldefs.RenamingSink standing in for the client's
-        # writer: write through it, look at the transport only for its state. A plain
-        # StreamWriter's write() only calls its transport's.
-        self.out = sink.transport if sink is not None else None
-        self.write = self.out.write if type(sink) is asyncio.StreamWriter else getattr(sink, "write", None)
+        # writer: write through it, look at the transport only for its state. No sink: the
+        # response is dropped.
+        self.out: asyncio.WriteTransport | None = sink.transport if sink is not None else None
+        self.write: Callable[[bytes], object] = direct_write(sink) if sink is not None else _drop
         self.transport = transport
         self.started = False  # part of the response went to the client
         self.finished = False
@@ -192,10 +202,10 @@ class _Relay:
             self._finish(exc)
         return b""
 
-    def _wait_for_client(self, out: asyncio.Transport) -> None:
+    def _wait_for_client(self, out: asyncio.WriteTransport) -> None:
         """Stop reading the backend until the client's transport takes bytes again (or the
         client is gone): a large result never piles up in the sidecar's memory."""
-        client = out.get_protocol()
+        client: Any = out.get_protocol()
         if not getattr(client, "paused_for_client", False):
             return  # the transport did not pause its writer: nothing will call back, go on
         self.transport.pause_reading()
@@ -228,6 +238,7 @@ class BackendConnection:
         self.capabilities = capabilities | BASE_CAPABILITIES
         self.pool_key = 0
         self.deprecate_eof = bool(capabilities & Capability.DEPRECATE_EOF)
+        # Set by connect(); writer None again once closed.
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self._protocol: _BackendProtocol | None = None
@@ -268,7 +279,8 @@ class BackendConnection:
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def _handshake(self, user: str, password: str, database: str | None) -> None:
-        packets = PacketReader(self.reader)
+        reader, writer = self._streams()
+        packets = PacketReader(reader)
         greeting = await packets.read()
         if greeting[:1] == bytes((ERR_HEADER,)):
             raise BackendError(parse_err(greeting))
@@ -299,7 +311,7 @@ class BackendConnection:
         seq = packets.seq + 1
         while True:
             data, _ = frame(response, seq)
-            self.writer.write(data)
+            writer.write(data)
             reply = await packets.read()
             seq = packets.seq + 1
             first = reply[0]
@@ -332,10 +344,16 @@ class BackendConnection:
 
     # -- commands --------------------------------------------------------------------------
 
-    def send(self, payload: bytes | memoryview, seq: int = 0) -> None:
-        self.writer.write(framed(payload, seq))
+    def _streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = self.reader, self.writer
+        if reader is None or writer is None:
+            raise ConnectionClosed("backend connection is closed")
+        return reader, writer
 
-    def start_relay(self, wire: bytes, kind: ResponseKind, sink, on_done: RelayDone) -> None:
+    def send(self, payload: bytes | memoryview, seq: int = 0) -> None:
+        self._streams()[1].write(framed(payload, seq))
+
+    def start_relay(self, wire: bytes, kind: int, sink, on_done: RelayDone) -> None:
         """Send a command (``wire``: its framed bytes) and copy its whole response to ``sink``
         as it arrives; ``on_done(scanner, error)`` is called from the event loop's callbacks
         when it is complete (error None) or when the connection failed (error set; the
@@ -344,7 +362,9 @@ class BackendConnection:
         scanner = ResponseScanner(kind, self.deprecate_eof)
         self.response_started = False
         protocol = self._protocol
-        transport = self.writer.transport
+        reader, writer = self._streams()
+        assert protocol is not None
+        transport: Any = writer.transport  # the whole Transport (the relay pauses its reading)
         relay = protocol.relay = _Relay(self, scanner, sink, transport, on_done)
         try:
             transport.write(wire)  # not StreamWriter.write: one Python frame less per statement
@@ -353,18 +373,18 @@ class BackendConnection:
         except (ConnectionError, OSError, RuntimeError) as exc:
             relay.fail(exc if not isinstance(exc, RuntimeError) else ConnectionClosed(str(exc)))
             return
-        reader = self.reader
-        if reader._buffer or reader._eof:  # StreamReader has no public look at these
+        if protocol.disturbed and not stream_quiet(reader):
             # Bytes (or the end) that came before the command: the relay sees them first.
-            pending = bytes(reader._buffer)
-            reader._buffer.clear()
+            # (Undisturbed since closed_while_idle() found the stream quiet: nothing to see.)
+            pending, ended = take_unread(reader)
             if pending:
                 protocol.data_received(pending)
-            if reader._eof:
+            if ended:
                 relay.fail(ConnectionClosed("backend closed the connection"))
 
     def _relay_done(self, relay: _Relay, exc: BaseException | None) -> None:
-        self._protocol.relay = None
+        if self._protocol is not None:
+            self._protocol.relay = None
         self.response_started = relay.started
         if exc is None:
             scanner = relay.scanner
@@ -382,7 +402,7 @@ class BackendConnection:
                 relay.out.close()
         relay.on_done(relay.scanner, exc)
 
-    async def relay(self, payload: bytes | memoryview, kind: ResponseKind,
+    async def relay(self, payload: bytes | memoryview, kind: int,
                     sink: asyncio.StreamWriter | None) -> ResponseScanner:
         """Send a command and copy its whole response to ``sink`` as it arrives."""
         future = asyncio.get_running_loop().create_future()
@@ -400,23 +420,24 @@ class BackendConnection:
             return await future
         except asyncio.CancelledError:
             # Cancelled mid-response: the stream position is unknown, never reuse it.
-            relay = self._protocol.relay
-            if relay is not None:
-                relay.finished = True
-                self._protocol.relay = None
+            protocol = self._protocol
+            if protocol is not None and protocol.relay is not None:
+                protocol.relay.finished = True
+                protocol.relay = None
             self.broken = True
             raise
 
-    async def collect(self, payload: bytes | memoryview, kind: ResponseKind) -> tuple[list[bytes], ResponseScanner]:
+    async def collect(self, payload: bytes | memoryview, kind: int) -> tuple[list[bytes], ResponseScanner]:
         """Send a command and return its whole response as payloads."""
         self.last_used = time.monotonic()
         self._statements.count += 1
         scanner = ResponseScanner(kind, self.deprecate_eof)
         chunks: list[bytes] = []
         try:
-            self.send(payload)
+            reader, writer = self._streams()
+            writer.write(framed(payload, 0))
             while not scanner.done:
-                data = await self.reader.read(_READ_CHUNK)
+                data = await reader.read(_READ_CHUNK)
                 if not data:
                     raise ConnectionClosed("backend closed the connection")
                 used = scanner.feed(data)
@@ -453,7 +474,8 @@ class BackendConnection:
         answers: list[QueryResult | BackendError] = []
         pending = b""
         try:
-            self.writer.write(b"".join(frames))
+            reader, writer = self._streams()
+            writer.write(b"".join(frames))
             for _ in sqls:
                 scanner = ResponseScanner(ResponseKind.RESULT, self.deprecate_eof)
                 chunks: list[bytes] = []
@@ -465,7 +487,7 @@ class BackendConnection:
                         if scanner.done:
                             pending = data[used:]  # the next statement's answer has begun
                             break
-                    data = await self.reader.read(_READ_CHUNK)
+                    data = await reader.read(_READ_CHUNK)
                     if not data:
                         raise ConnectionClosed("backend closed the connection")
                 self._track(scanner)
@@ -485,7 +507,7 @@ class BackendConnection:
                              last_insert_id=scanner.last_insert_id, status=scanner.status)
         if payloads[0][0] == 0x00:
             return result
-        count, _ = read_lenenc_int(payloads[0], 0)
+        count = read_lenenc_int(payloads[0], 0)[0] or 0
         result.field_packets = payloads[1:1 + count]
         result.fields = [parse_column_definition(p) for p in result.field_packets]
         rows_start = 1 + count + (0 if self.deprecate_eof else 1)
@@ -509,7 +531,7 @@ class BackendConnection:
             await self.query("SET autocommit=" + ("1" if autocommit else "0"))
             self.autocommit = autocommit
 
-    async def simple(self, command: Command, argument: bytes = b"") -> None:
+    async def simple(self, command: int, argument: bytes = b"") -> None:
         """A command answered by a single OK/ERR packet (INIT_DB, PING, RESET_CONNECTION)."""
         _, scanner = await self.collect(bytes((command,)) + argument, ResponseKind.SINGLE)
         if scanner.error:
@@ -537,8 +559,7 @@ class BackendConnection:
         reader = self.reader
         if reader is None or self.writer is None or self.writer.transport.is_closing():
             return True
-        # StreamReader has no public look at pending bytes, nor at EOF with bytes pending.
-        if reader.exception() is not None or reader._eof or bool(reader._buffer):
+        if not stream_quiet(reader):  # bytes unasked for, the end, or an error
             return True
         if protocol is not None:
             protocol.disturbed = False  # what arrived was read (login, the sidecar's own queries)

@@ -153,15 +153,16 @@ class Pool:
         conn.pool_key = caps_key & RESULT_SHAPING_CAPABILITIES
         try:
             await conn.connect(ep.user, ep.password, ep.database, self.config.connect_timeout_s)
-        except BackendError as exc:
+        except BackendError as refused:
             self._size -= 1
             self._wake()
-            raise backend_unavailable(ep.data_source, ep.address, exc.err.message) from exc
-        except (OSError, TimeoutError, ConnectionError) as exc:
+            raise backend_unavailable(ep.data_source, ep.address, refused.err.message) from refused
+        except (OSError, TimeoutError, ConnectionError) as unreachable:
+            # (A name of its own per except clause: compiled, one name has one type.)
             self._size -= 1
             self._wake()
-            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            raise backend_unavailable(ep.data_source, ep.address, reason) from exc
+            reason = "timed out" if isinstance(unreachable, TimeoutError) else (unreachable.strerror or str(unreachable))
+            raise backend_unavailable(ep.data_source, ep.address, reason) from unreachable
         except BaseException:
             self._size -= 1
             self._wake()

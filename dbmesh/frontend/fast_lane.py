@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from sharding.errors import ShardingError
 
@@ -42,11 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbmesh.session")
 
-_STMT_ID = struct.Struct("<I")
-_CURSOR_FLAGS = 0x0F  # COM_STMT_EXECUTE flags asking for a cursor: the command loop handles those
+_CURSOR_FLAGS: Final = 0x0F  # COM_STMT_EXECUTE flags asking for a cursor: the command loop handles those
 # The command loop drains the client's buffer past this between commands; the lane leaves such
 # a client to it.
-_CLIENT_BUFFER_BACKLOG = 65536
+_CLIENT_BUFFER_BACKLOG: Final = 65536
 
 
 # What a fast-lane command needs: the backend connection, the wire bytes to send it, where
@@ -113,12 +111,12 @@ class FastLane:
         session = self.session
         if len(data) < 14 or data[9] & _CURSOR_FLAGS:
             return None
-        stmt = session.statements.get(_STMT_ID.unpack_from(data, 5)[0])
+        stmt = session.statements.get(data[5] | data[6] << 8 | data[7] << 16 | data[8] << 24)
         if stmt is None or stmt.cursor_conn is not None or stmt.long_data:
             return None
         if stmt.sharded is not None:
             return self._sharded_point_execute(data, stmt)
-        if session.shadow.engaged(stmt.sql):
+        if stmt.hinted or session.shadow_engaged():
             return None
         conn = session._borrow_now()
         if conn is None:
@@ -144,7 +142,7 @@ class FastLane:
         statement = classify(sql)
         if statement.kind is not Kind.PASS or statement.session_set or statement.pin_reason:
             return None
-        if session.shadow.engaged(sql):
+        if session.shadow_engaged(sql):
             return None
         held = session.held
         if held is not None and held.role != "primary":
@@ -155,6 +153,8 @@ class FastLane:
             if statement.diagnostics:
                 return None
             replicas = session.read_splitting._replica_set()
+            if replicas is None:
+                return None
             if statement.read_only:
                 try:
                     replica = session.read_splitting._choose(replicas, statement)
@@ -187,19 +187,21 @@ class FastLane:
         session = self.session
         executor = session.sharded
         sql = data[5:]
-        if executor.in_transaction or not session.autocommit or session.sharding_hints or b"dbmesh:" in sql:
+        database = session.database
+        if executor.in_transaction or not session.autocommit or session.sharding_hints or sql.find(b"dbmesh:") >= 0 \
+                or database is None:
             return None
         statement = classify(sql)
         if statement.kind is not Kind.PASS or not statement.read_only or statement.pin_reason:
             return None
-        if session.shadow.engaged():
+        if session.shadow_engaged():
             return None
         text = sql.decode("utf-8", "surrogateescape")
         plan_cache = session.server.plan_cache
         try:
-            route = plan_cache.point_read(text, session.database)
+            route = plan_cache.point_read(text, database)
             if route is None:
-                plan = plan_cache.plan(text, executor.rules, session.database)
+                plan = plan_cache.plan(text, executor.rules, database)
                 if plan is None or len(plan.units) != 1 or plan.kind != "select" or plan.locking \
                         or plan.force_primary:
                     return None
@@ -212,7 +214,7 @@ class FastLane:
         if conn is None:
             return None
         wire = framed(bytes((Command.QUERY,)) + actual_sql.encode("utf-8", "surrogateescape"), 0)
-        sink = logical_sink(session.writer, session.config, session.database, data_source)
+        sink = logical_sink(session.writer, session.config, database, data_source)
         return conn, wire, sink, pool, None, None
 
     def _sharded_point_execute(self, data: bytes, stmt: ClientStatement) -> _Route | None:
@@ -220,10 +222,13 @@ class FastLane:
         prepared already: executed there with the client's parameter bytes."""
         session = self.session
         info = stmt.sharded
+        database = session.database
+        if info is None or database is None:
+            return None
         point = info.point
         if point is None or info.control is not None or session.sharded.in_transaction or not session.autocommit:
             return None
-        if session.shadow.engaged():
+        if session.shadow_engaged():
             return None
         payload = data[4:]
         try:
@@ -256,7 +261,7 @@ class FastLane:
         stmt.param_types = param_types
         packet = packet[:5] + b"\x00" + packet[6:]  # no cursor: COM_STMT_FETCH is not routed here
         wrote_to = None if point.kind == "select" else node.data_source
-        sink = logical_sink(session.writer, session.config, session.database, node.data_source)
+        sink = logical_sink(session.writer, session.config, database, node.data_source)
         return conn, framed(packet, 0), sink, pool, wrote_to, None
 
     def _idle_connection(self, pool: Pool, database: str | None) -> BackendConnection | None:
@@ -274,6 +279,7 @@ class FastLane:
 
     def _done(self, scanner: ResponseScanner, exc: BaseException | None) -> None:
         conn, self.conn = self.conn, None
+        assert conn is not None
         session = self.session
         retry = False
         try:
@@ -307,8 +313,10 @@ class FastLane:
         session = self.session
         pool, self.pool = self.pool, None
         replica, self.replica = self.replica, None
+        assert pool is not None and replica is not None
         if exc is not None:
             replicas = session.read_splitting._replica_set()
+            assert replicas is not None
             pool.release(conn)  # broken: closed
             self._log_unexpected(exc)
             replicas.mark_down(replica, str(exc))
@@ -333,6 +341,7 @@ class FastLane:
     def _sharded_done(self, conn: BackendConnection, scanner: ResponseScanner, exc: BaseException | None) -> None:
         session = self.session
         pool, self.pool = self.pool, None
+        assert pool is not None
         pool.release(conn)  # a broken one is closed
         if exc is not None:
             self._log_unexpected(exc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .. import errors
 from ..backend.connection import BackendConnection, BackendError, BackendStatement
@@ -45,24 +45,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbmesh.session")
 
-CURSOR_TYPE_READ_ONLY = 0x01
-_PREPARED_PER_BACKEND = 512
+CURSOR_TYPE_READ_ONLY: Final = 0x01
+_PREPARED_PER_BACKEND: Final = 512
 
 
 class ClientStatement:
     """A prepared statement as the client knows it; it may be prepared on many backends."""
 
-    __slots__ = ("id", "sql", "num_params", "num_columns", "param_types", "long_data", "cursor_conn", "sharded")
+    __slots__ = ("id", "sql", "hinted", "num_params", "num_columns", "param_types", "long_data", "cursor_conn",
+                 "sharded")
 
     def __init__(self, stmt_id: int, sql: bytes, num_params: int, num_columns: int):
         self.id = stmt_id
         self.sql = sql
+        # A dbmesh: comment (shadow routing, a hint) in the text: looked for once, not per execute.
+        self.hinted = sql.find(b"dbmesh:") >= 0
         self.num_params = num_params
         self.num_columns = num_columns
         self.param_types: bytes | None = None
         self.long_data: dict[int, bytearray] = {}
         self.cursor_conn: BackendConnection | None = None
-        self.sharded = None  # sharded_prepared.ShardedStatementInfo on a sharded database
+        self.sharded: sharded_prepared.ShardedStatementInfo | None = None  # on a sharded database
 
 
 class _DatabaseRoute:
@@ -218,9 +221,9 @@ class Session:
                 await handshake.start_tls(self.writer, server.ssl_context, self.reader)
                 payload = await self.packets.read()
             response = handshake.parse_handshake_response(payload)
-        except MalformedPacket as exc:
+        except MalformedPacket as bad:
             self._send_and_close(errors.ProxyError(errors.ER_HANDSHAKE_ERROR, "08S01",
-                                                   f"Bad handshake: {exc}"))
+                                                   f"Bad handshake: {bad}"))
             return False
         self.capabilities = response.capabilities & offered
         self.caps_key = self.capabilities & RESULT_SHAPING_CAPABILITIES
@@ -292,8 +295,8 @@ class Session:
                     await handler(payload)
             except ProxyError as exc:
                 self.send_error(exc)
-            except BackendError as exc:
-                self.send_error(ProxyError(exc.err.code, exc.err.sqlstate, exc.err.message))
+            except BackendError as refused:  # (compiled, one name holds one type)
+                self.send_error(ProxyError(refused.err.code, refused.err.sqlstate, refused.err.message))
             if writer.transport.get_write_buffer_size() > 65536:
                 await writer.drain()
 
@@ -317,6 +320,15 @@ class Session:
         self._return_held(force=False)
 
     # -- backend connections ---------------------------------------------------------------------
+
+    def shadow_engaged(self, sql: bytes | str = b"") -> bool:
+        """Shadow routing or read mirroring (shadow.py) may apply: the session's dbmesh_shadow
+        mark, a database with shadow rules, or a dbmesh: comment in ``sql``. (Here, not in
+        ShadowSession: this module is compiled, and every statement asks.)"""
+        shadow = self.shadow
+        # find(), not `in`: on bytes, `in` first tries the operand as an int and fails.
+        return shadow.flag or self.database in shadow.databases or (
+            sql.find(b"dbmesh:") >= 0 if isinstance(sql, bytes) else "dbmesh:" in sql)
 
     def _route(self) -> _DatabaseRoute:
         """What the current database means for routing, worked out once per database (the
@@ -403,7 +415,7 @@ class Session:
             return conn  # in sync: the usual case
         return None
 
-    async def relay(self, payload: bytes, kind: ResponseKind) -> ResponseScanner | None:
+    async def relay(self, payload: bytes, kind: int) -> ResponseScanner | None:
         """Borrow a backend, relay one command's response to the client, give it back."""
         conn = self._borrow_now() or await self.borrow()
         try:
@@ -414,7 +426,7 @@ class Session:
         self._after_response(conn, scanner)
         return scanner
 
-    def _backend_failed(self, conn: BackendConnection, exc: Exception) -> None:
+    def _backend_failed(self, conn: BackendConnection, exc: BaseException) -> None:
         had_state = conn.in_transaction or bool(self.pin_reasons)
         log.warning("session %d: data source %s (%s) failed mid-statement: %s",
                     self.connection_id, conn.data_source, conn.address, exc)
@@ -463,11 +475,14 @@ class Session:
         statement = classify(sql)
         kind = statement.kind
         if kind is Kind.USE:
+            assert statement.database is not None  # classify() sets it for USE
             self._change_database(statement.database)
             self.send_ok()
             return
         if kind is Kind.SHOW_DATABASES:
-            names = [d for d in self.config.databases if self.user.may_use(d)]
+            user = self.user
+            assert user is not None  # logged in
+            names = [d for d in self.config.databases if user.may_use(d)]
             self.send_result([Column("Database", schema="information_schema", table="SCHEMATA",
                                      org_table="SCHEMATA", org_name="SCHEMA_NAME", length=256)],
                              [[n] for n in names])
@@ -504,7 +519,7 @@ class Session:
             else:
                 await self.sharded.query(sql.decode("utf-8", "surrogateescape"))
             return
-        if self.shadow.engaged(sql) and await self.shadow.com_query(payload, statement):
+        if self.shadow_engaged(sql) and await self.shadow.com_query(payload, statement):
             return
         scanner = await self.relay_statement(payload, statement)
         if scanner is not None and scanner.error is None and statement.session_set \
@@ -559,7 +574,7 @@ class Session:
         inner = sql.lstrip()[len(b"PREVIEW"):].strip().decode("utf-8", "surrogateescape")
         if not inner:
             raise ProxyError(1064, "42000", "PREVIEW needs a statement, e.g. PREVIEW SELECT * FROM t WHERE id = 1")
-        if self.shadow.engaged(inner):
+        if self.shadow_engaged(inner):
             units = self.shadow.preview(inner)
         elif self._is_sharded():
             units = [(u.data_source, u.sql) for u in self.sharded.preview(inner)]
@@ -754,7 +769,7 @@ class Session:
         if stmt.cursor_conn is not None:
             # Re-executing closes the open cursor; the backend does the same.
             stmt.cursor_conn = None
-        if self.shadow.engaged(stmt.sql) and await self.shadow.stmt_execute(stmt, payload):
+        if (stmt.hinted or self.shadow_engaged()) and await self.shadow.stmt_execute(stmt, payload):
             return
         await self.execute_prepared(stmt, payload)
 
@@ -841,6 +856,8 @@ class Session:
     async def _close_cursor(self, stmt: ClientStatement) -> None:
         conn = stmt.cursor_conn
         stmt.cursor_conn = None
+        if conn is None:
+            return
         backend = conn.prepared.get((conn.database, stmt.sql))
         if backend is not None:
             try:

@@ -103,12 +103,6 @@ class ShadowSession:
         self.conn_ds: str | None = None
         self._prepared: dict[int, tuple[bytes, exp.Expression | None]] = {}
 
-    def engaged(self, sql: bytes | str = b"") -> bool:
-        """Shadow routing or read mirroring may apply: the session's dbmesh_shadow mark, a
-        database with shadow rules, or a dbmesh: comment in ``sql``."""
-        return self.flag or self.session.database in self.databases or (
-            (b"dbmesh:" if isinstance(sql, bytes) else "dbmesh:") in sql)
-
     # -- session lifecycle ---------------------------------------------------------------
 
     def reset(self) -> None:

@@ -205,7 +205,7 @@ class ShardedExecutor:
         if m and (m.group("db") is None or m.group("db").lower() == session.database.lower()):
             await self._on_first_node(m.group("prefix"), m.group("table"))
             return
-        if session.shadow.engaged(sql):
+        if session.shadow_engaged(sql):
             await session.shadow.sharded_query(sql)  # shadow traffic / read mirroring: frontend/shadow.py
             return
         plan = self.cached_plan(sql) or self.plan(parse(sql), sql)

@@ -135,12 +135,12 @@ async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> No
     executor = session.sharded
     # A BASE global transaction images its writes (and record_lock locks its reads): plan path.
     in_base = executor.in_transaction and executor.txn.base is not None
-    shadowed = session.shadow.engaged()
+    shadowed = session.shadow_engaged()
     with_client_bytes = not long_data and not in_base and not shadowed
     if info.point is not None and with_client_bytes:
         if await _execute_point(session, stmt, payload, values):
             return
-    hinted = b"dbmesh:" in stmt.sql  # hints and read mirroring: the shadow module plans it
+    hinted = stmt.hinted  # hints and read mirroring: the shadow module plans it
     if info.by_values and with_client_bytes and not hinted:
         plan = executor.plan(info.tree, params=planner.routing_values(values))
         if await prepared_units.run(session, stmt, payload, plan):

@@ -69,7 +69,9 @@ _PINNING_BY_KEYWORD = {
 # Every _PINNING_PATTERNS match contains TEMPORARY, LOCK or SQL_CALC_FOUND_ROWS, and every
 # _LOCKING_READ match UPDATE, SHARE or FILE: substring tests on the upper-cased text rule
 # the regexes out for almost every statement (this runs per COM_QUERY; written as `or`
-# chains because a generator in any() costs more than the tests themselves).
+# chains because a generator in any() costs more than the tests themselves, and with
+# find() because `in` on bytes first tries its operand as an int, raising and clearing a
+# TypeError).
 _LOCKING_READ = re.compile(rb"\bFOR\s+UPDATE\b|\bLOCK\s+IN\s+SHARE\s+MODE\b|\bINTO\s+(?:OUT|DUMP)FILE\b", re.I)
 _ROUTE_HINT = re.compile(rb"/\*\+?\s*dbmesh:(primary|replica)(?:=([\w.-]+))?\s*\*/", re.I)
 _WRITE_KEYWORDS = {b"INSERT", b"UPDATE", b"DELETE", b"REPLACE", b"CREATE", b"ALTER", b"DROP", b"TRUNCATE",
@@ -90,18 +92,26 @@ TRACKED_BY_STATUS = {"autocommit"}
 
 def leading_keyword(sql: bytes, start: int = 0) -> tuple[bytes, int]:
     """The first word after whitespace and comments (upper-cased), and where it starts."""
-    first = sql[start:start + 1]
-    if first.isalpha():  # the usual case: no leading space or comment to skip
-        word = _WORD.match(sql, start)
-        return word.group(0).upper(), start
-    pos = _LEADING.match(sql, start).end()
+    end = start
+    length = len(sql)
+    while end < length and _is_word_byte(sql[end]):  # the usual case: the text starts with it
+        end += 1
+    if end > start:
+        return sql[start:end].upper(), start
+    leading = _LEADING.match(sql, start)
+    pos = leading.end() if leading is not None else start  # (it matches the empty string too)
     word = _WORD.match(sql, pos)
     return (word.group(0).upper(), pos) if word else (b"", pos)
 
 
+def _is_word_byte(c: int) -> bool:
+    """A byte of _WORD (A-Z, a-z, _), tested without a regex match object (per statement)."""
+    return 97 <= (c | 0x20) <= 122 or c == 95
+
+
 def classify(sql: bytes) -> Statement:
     statement = _classify(sql)
-    if b"dbmesh:" in sql:
+    if sql.find(b"dbmesh:") >= 0:
         hint = _ROUTE_HINT.search(sql)
         if hint:
             target = hint.group(2).decode() if hint.group(2) else hint.group(1).decode().lower()
@@ -112,7 +122,7 @@ def classify(sql: bytes) -> Statement:
 
 def _classify(sql: bytes) -> Statement:
     keyword, pos = leading_keyword(sql)
-    if b"/*!" in sql:
+    if sql.find(b"/*!") >= 0:
         # Versioned comments hide executable SQL (mysqldump's SET @OLD_...); be conservative.
         return Statement(Kind.PASS, pin_reason="versioned comment")
     body = sql[pos:] if pos else sql
@@ -121,13 +131,14 @@ def _classify(sql: bytes) -> Statement:
     if has_several_statements(sql, pos):
         return _classify_multi(sql)
     if keyword == b"SELECT":
-        if _SELECT_DATABASE.match(body):
-            return Statement(Kind.SELECT_DATABASE)
         upper = sql.upper()
+        if (upper.find(b"DATABASE") >= 0 or upper.find(b"SCHEMA") >= 0) and _SELECT_DATABASE.match(body):
+            return Statement(Kind.SELECT_DATABASE)
         pinning = _pinning(sql, keyword, upper)
         if pinning:
             return pinning
-        if (b"UPDATE" in upper or b"SHARE" in upper or b"FILE" in upper) and _LOCKING_READ.search(body):
+        if (upper.find(b"UPDATE") >= 0 or upper.find(b"SHARE") >= 0 or upper.find(b"FILE") >= 0) \
+                and _LOCKING_READ.search(body):
             return PASS
         return READ
     if keyword == b"USE":
@@ -162,9 +173,9 @@ def is_admin(sql: bytes) -> bool:
 def _pinning(sql: bytes, keyword: bytes, upper: bytes) -> Statement | None:
     """Why ``sql`` ties the session to its backend connection, if it does (``upper`` is
     ``sql.upper()``, ``keyword`` its first keyword)."""
-    if b"@" in sql and _USER_VARIABLE.search(sql):
+    if sql.find(b"@") >= 0 and _USER_VARIABLE.search(sql):
         return Statement(Kind.PASS, pin_reason="user variable")
-    if b"LOCK" in upper or b"TEMPORARY" in upper or b"SQL_CALC_FOUND_ROWS" in upper:
+    if upper.find(b"LOCK") >= 0 or upper.find(b"TEMPORARY") >= 0 or upper.find(b"SQL_CALC_FOUND_ROWS") >= 0:
         for pattern, reason in _PINNING_PATTERNS:
             if pattern.search(sql):
                 return Statement(Kind.PASS, pin_reason=reason)

@@ -10,12 +10,12 @@ import datetime as dt
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from .constants import COLLATION_BINARY, FieldFlag, FieldType
 from .packets import Field, MalformedPacket, lenenc_str, read_lenenc_str
 
-_UNSIGNED_PARAM = 0x80  # high byte of a parameter type: unsigned
+_UNSIGNED_PARAM: Final = 0x80  # high byte of a parameter type: unsigned
 
 
 def decode_params(payload: bytes, num_params: int, stored_types: bytes | None,
@@ -74,6 +74,8 @@ def _decode_value(buf: bytes, pos: int, ftype: int, unsigned: bool) -> tuple[Any
     except struct.error as exc:
         raise MalformedPacket("COM_STMT_EXECUTE parameter value truncated") from exc
     raw, pos = read_lenenc_str(buf, pos)
+    if raw is None:  # 0xFB: NULL is the bitmap's to say, never a value's length
+        raise MalformedPacket("COM_STMT_EXECUTE parameter value with a NULL length")
     if ftype in (FieldType.DECIMAL, FieldType.NEWDECIMAL):
         return Decimal(raw.decode("ascii")), pos
     if ftype in (FieldType.BLOB, FieldType.TINY_BLOB, FieldType.MEDIUM_BLOB, FieldType.LONG_BLOB,
@@ -189,7 +191,7 @@ def _text_form_reader(field: Field) -> Callable[[bytes, int], tuple[Any, int]]:
 
     def text(buf: bytes, pos: int) -> tuple[Any, int]:
         raw, pos = read_lenenc_str(buf, pos)
-        return raw.decode("utf-8", "surrogateescape"), pos
+        return (raw.decode("utf-8", "surrogateescape") if raw is not None else None), pos
 
     return text
 

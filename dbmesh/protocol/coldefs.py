@@ -12,16 +12,16 @@ once they are written every later byte (the rows) passes straight through.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .constants import ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER
-from .packets import frame, lenenc_str, read_lenenc_int, read_lenenc_str
+from .packets import direct_write, frame, lenenc_str, read_lenenc_int, read_lenenc_str
 
 if TYPE_CHECKING:
     from ..config import Config, LogicalDatabaseConfig
 
 
-_HEADS_REMEMBERED = 512  # renamed result-set heads kept per renamer (statement shapes)
+_HEADS_REMEMBERED: Final = 512  # renamed result-set heads kept per renamer (statement shapes)
 
 
 class Renamer:
@@ -116,7 +116,7 @@ def _pass_through_renamers(config: Config, ldb: LogicalDatabaseConfig) -> dict[s
     table would show: the client's table name, and production's physical schema (production
     results are relayed untouched, so that is what they carry)."""
     rules = ldb.shadow
-    if rules is None:
+    if rules is None or ldb.data_source is None:
         return {}
     production = config.data_sources[ldb.data_source]
     target = rules.shadow_data_source(ldb.data_source)
@@ -147,7 +147,7 @@ class RenamingSink:
     the usual answer costs one dictionary lookup."""
 
     def __init__(self, writer: asyncio.StreamWriter, renamer: Renamer):
-        self._write = writer.write
+        self._write = direct_write(writer)
         self._writer = writer
         self.transport = writer.transport
         self._renamer = renamer

@@ -10,7 +10,9 @@ import asyncio
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Final
 
+from .closed import ConnectionClosed
 from .constants import (
     COLLATION_BINARY,
     COLLATION_UTF8MB4_GENERAL_CI,
@@ -104,7 +106,7 @@ def eof_packet(status: int = ServerStatus.AUTOCOMMIT, warnings: int = 0) -> byte
     return bytes((EOF_HEADER,)) + _u16.pack(warnings) + _u16.pack(status)
 
 
-_ER_UNKNOWN_ERROR = 1105
+_ER_UNKNOWN_ERROR: Final = 1105
 
 
 def client_only_code(code: int) -> bool:
@@ -143,8 +145,7 @@ def parse_eof(payload: bytes | memoryview) -> tuple[int, int]:
     """Return (warnings, status) of a classic EOF packet."""
     if len(payload) < 5:
         return 0, 0
-    warnings, status = struct.unpack_from("<HH", payload, 1)
-    return warnings, status
+    return payload[1] | payload[2] << 8, payload[3] | payload[4] << 8
 
 
 @dataclass(slots=True)
@@ -172,7 +173,7 @@ def parse_err(payload: bytes | memoryview) -> ErrInfo:
 @dataclass(frozen=True, slots=True)
 class Column:
     name: str
-    type: FieldType = FieldType.VAR_STRING
+    type: int = FieldType.VAR_STRING
     length: int = 1024
     flags: int = 0
     decimals: int = 0
@@ -281,10 +282,6 @@ def result_set_payloads(columns: Sequence[Column], rows: Iterable[Sequence[objec
 # Framing over asyncio streams
 
 
-class ConnectionClosed(ConnectionError):
-    """The peer closed the connection (cleanly or mid-packet)."""
-
-
 def frame(payload: bytes | memoryview, seq: int) -> tuple[bytes, int]:
     """Wire bytes for one payload starting at sequence ``seq``; returns (bytes, next seq)."""
     length = len(payload)
@@ -301,6 +298,39 @@ def frame(payload: bytes | memoryview, seq: int) -> tuple[bytes, int]:
         if len(chunk) < MAX_PACKET:
             break
     return b"".join(parts), seq
+
+
+# asyncio.StreamReader has no public look at its buffer or its end, nor StreamReaderProtocol
+# at its close error: these functions are the only places that read their private fields.
+
+def stream_quiet(reader: asyncio.StreamReader) -> bool:
+    """No unread bytes, no end and no error in ``reader``."""
+    stream: Any = reader
+    return not stream._buffer and not stream._eof and stream._exception is None
+
+
+def direct_write(sink: Any) -> Callable[[bytes | memoryview], object]:
+    """What writes to ``sink``: for an asyncio StreamWriter its transport's write() (the
+    writer's own only forwards to it: one interpreted call less per chunk), for a stand-in
+    (mirror.Tee, coldefs.RenamingSink) its own write()."""
+    return sink.transport.write if type(sink) is asyncio.StreamWriter else sink.write
+
+
+def forget_close_error(protocol: asyncio.StreamReaderProtocol) -> None:
+    """Mark the error a StreamReaderProtocol keeps for StreamWriter.wait_closed() as seen,
+    from connection_lost(). The protocol's __del__ does that, but not for a subclass compiled
+    with mypyc (dbmesh/native.py), and asyncio would log it as never retrieved."""
+    closed: Any = getattr(protocol, "_closed", None)
+    if closed is not None and closed.done() and not closed.cancelled():
+        closed.exception()
+
+
+def take_unread(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """The bytes ``reader`` holds unread (taken out of it), and whether it saw the end."""
+    stream: Any = reader
+    unread = bytes(stream._buffer)
+    stream._buffer.clear()
+    return unread, bool(stream._eof)
 
 
 class PacketProtocol(asyncio.StreamReaderProtocol):
@@ -360,7 +390,7 @@ class PacketProtocol(asyncio.StreamReaderProtocol):
     @property
     def paused_for_client(self) -> bool:
         """The transport told us to stop writing (its buffer is above the high-water mark)."""
-        return self._paused
+        return self._paused  # type: ignore[attr-defined]  # FlowControlMixin's, no public look
 
     def when_writable(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once, when the transport takes bytes again or the connection ends."""
@@ -370,13 +400,14 @@ class PacketProtocol(asyncio.StreamReaderProtocol):
         super().resume_writing()
         self._writable()
 
-    def eof_received(self) -> bool:
+    def eof_received(self) -> bool | None:
         keep_open = super().eof_received()
         self._wake()
         return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        forget_close_error(self)
         self._wake()
         self._writable()
 
@@ -406,9 +437,8 @@ class PacketReader:
         protocol = self.protocol
         if protocol is not None:
             reader = self.reader
-            # StreamReader has no public look at its buffer or end.
-            if not reader._buffer and not reader._eof and reader._exception is None:
-                waiter = protocol.waiter = protocol._loop.create_future()
+            if stream_quiet(reader):
+                waiter = protocol.waiter = asyncio.get_running_loop().create_future()
                 try:
                     data = await waiter
                 finally:

@@ -9,33 +9,36 @@ affected rows / last insert id, an error, and for COM_STMT_PREPARE the statement
 
 from __future__ import annotations
 
+from typing import Final
+
 from .constants import EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, MAX_PACKET, OK_HEADER, ServerStatus
 from .packets import ErrInfo, MalformedPacket, parse_eof, parse_err, parse_ok, read_lenenc_int
 
 # Bytes of a packet's start kept for inspection: enough for an OK/EOF packet's status
 # flags and a PREPARE-OK's counts. Error packets are kept whole (they are short).
-_INSPECT = 32
+_INSPECT: Final = 32
 
 
-# Plain ints rather than IntEnum: the scanner compares them for every packet it sees.
+# Plain ints rather than IntEnum: the scanner compares them for every packet it sees (Final:
+# compiled, they are constants).
 class ResponseKind:
-    RESULT = 1       # COM_QUERY, COM_STMT_EXECUTE: OK/ERR or result set(s)
-    ROWS = 2         # COM_STMT_FETCH: rows then EOF/OK, or ERR
-    PREPARE = 3      # COM_STMT_PREPARE
-    FIELD_LIST = 4   # COM_FIELD_LIST: column definitions then EOF, or ERR
-    SINGLE = 5       # one packet of any form (COM_PING, COM_STATISTICS, COM_INIT_DB, ...)
+    RESULT: Final = 1       # COM_QUERY, COM_STMT_EXECUTE: OK/ERR or result set(s)
+    ROWS: Final = 2         # COM_STMT_FETCH: rows then EOF/OK, or ERR
+    PREPARE: Final = 3      # COM_STMT_PREPARE
+    FIELD_LIST: Final = 4   # COM_FIELD_LIST: column definitions then EOF, or ERR
+    SINGLE: Final = 5       # one packet of any form (COM_PING, COM_STATISTICS, COM_INIT_DB, ...)
 
 
 class _State:
-    FIRST = 1
-    COLUMNS = 2
-    COLUMNS_EOF = 3
-    ROWS = 4
-    PREPARE_PARAMS = 5
-    PREPARE_PARAMS_EOF = 6
-    PREPARE_COLUMNS = 7
-    PREPARE_COLUMNS_EOF = 8
-    DONE = 9
+    FIRST: Final = 1
+    COLUMNS: Final = 2
+    COLUMNS_EOF: Final = 3
+    ROWS: Final = 4
+    PREPARE_PARAMS: Final = 5
+    PREPARE_PARAMS_EOF: Final = 6
+    PREPARE_COLUMNS: Final = 7
+    PREPARE_COLUMNS_EOF: Final = 8
+    DONE: Final = 9
 
 
 # States where a packet is a column or parameter definition, only counted.
@@ -47,9 +50,14 @@ class ResponseScanner:
                  "warnings", "error", "result_sets", "stmt_id", "num_params", "num_columns",
                  "_state", "_left", "_header", "_remaining", "_length", "_head", "_continuation")
 
-    def __init__(self, kind: ResponseKind, deprecate_eof: bool):
+    def __init__(self, kind: int, deprecate_eof: bool):
         self.kind = kind
         self.deprecate_eof = deprecate_eof
+        self._start()
+
+    def _start(self) -> None:
+        """The state before the response's first byte."""
+        kind = self.kind
         self.done = False
         self._status = 0
         # Whether an OK/EOF packet carried status flags: 0 is a real status (autocommit off,
@@ -81,7 +89,7 @@ class ResponseScanner:
         self._status = value
         self.status_seen = True
 
-    def feed(self, data: bytes | memoryview) -> int:
+    def feed(self, data: bytes) -> int:
         """Consume ``data``; return how many bytes belong to this response (less than
         len(data) only when the response ended before the chunk did)."""
         if self._state == _State.FIRST and self.kind == ResponseKind.RESULT and not self._remaining \
@@ -139,7 +147,7 @@ class ResponseScanner:
                 self._packet_complete()
         return pos
 
-    def _whole_result_set(self, data: bytes | memoryview) -> int:
+    def _whole_result_set(self, data: bytes) -> int:
         """The usual answer to a query, one result set of fewer than 251 columns wholly in
         ``data``, walked in one tight loop: how many bytes it took, or 0 to leave ``data`` to
         the general walk (anything else: OK, ERR, a partial result, several result sets, a
@@ -180,7 +188,7 @@ class ResponseScanner:
         else:
             self.warnings, self.status = parse_eof(bytes(data[start:pos]))
         if self.status & ServerStatus.MORE_RESULTS_EXISTS:
-            self.__init__(self.kind, deprecate_eof)  # leave it all to the general walk
+            self._start()  # leave it all to the general walk
             return 0
         self.num_columns = count
         self.result_sets = 1
