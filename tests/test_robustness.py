@@ -861,9 +861,17 @@ def test_abrupt_disconnects_leak_nothing_and_pool_saturation(sandbox, sandbox_co
         stop_sampling = threading.Event()
 
         def sample() -> None:
-            while not stop_sampling.is_set():
-                samples.append(backend_connections(sandbox, "ds_0", POOL_USER))
-                time.sleep(0.02)
+            # One connection, polled without pause: a connection the server still lists
+            # after the pool has replaced it shows up even if it lingers only a millisecond.
+            watcher = sandbox.admin_connect("ds_0")
+            try:
+                with watcher.cursor() as cur:
+                    while not stop_sampling.is_set():
+                        cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
+                                    (POOL_USER,))
+                        samples.append(int(cur.fetchone()[0]))
+            finally:
+                watcher.close()
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()

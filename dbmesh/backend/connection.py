@@ -50,6 +50,7 @@ from ..protocol.scanner import ResponseKind, ResponseScanner
 log = logging.getLogger("dbmesh.backend")
 
 _READ_CHUNK: Final = 256 * 1024
+_COM_QUIT: Final = b"\x01\x00\x00\x00\x01"
 _HEADER = struct.Struct("<I")  # payload length (3 bytes) and sequence id (1 byte)
 
 # Always asked of a backend, whatever the client negotiated.
@@ -568,12 +569,42 @@ class BackendConnection:
     def close_statement(self, stmt_id: int) -> None:
         self.send(bytes((Command.STMT_CLOSE,)) + struct.pack("<I", stmt_id))
 
-    def close(self) -> None:
+    def close(self, send_quit: bool = True) -> None:
+        """Close at once (with COM_QUIT unless it was sent); the server may list the
+        connection a while longer (see retire())."""
         self.broken = True
-        if self.writer is not None:
+        writer = self.writer
+        if writer is not None:
+            self.writer = None
             try:
-                self.writer.write(b"\x01\x00\x00\x00\x01")  # COM_QUIT
-                self.writer.close()
+                if send_quit:
+                    writer.write(_COM_QUIT)
+                writer.close()
             except (ConnectionError, OSError, RuntimeError):
                 pass
-            self.writer = None
+
+    async def retire(self, timeout: float) -> None:
+        """Close the connection as the server sees it: roll back an open transaction, send
+        COM_QUIT and wait, at most ``timeout`` seconds, for the server to close its end,
+        dropping whatever it still sends (the rest of an abandoned result, a statement that
+        was still running). Until then the server counts the connection, and its thread's
+        clean-up would roll the transaction back only after its socket had closed."""
+        reader, writer = self.reader, self.writer
+        if reader is None or writer is None or writer.transport.is_closing():
+            self.close()
+            return
+        quit_sent = False
+        try:
+            async with asyncio.timeout(timeout):
+                if self.in_transaction and not self.broken:
+                    await self.query("ROLLBACK")
+                self.broken = True
+                writer.write(_COM_QUIT)
+                quit_sent = True
+                while await reader.read(_READ_CHUNK):
+                    pass  # the server closes its end once it has handled COM_QUIT
+        except (BackendError, ConnectionError, OSError, TimeoutError) as unclean:
+            log.debug("backend %s (thread %d) closed before the server confirmed: %r",
+                      self.address, self.thread_id, unclean)
+        finally:
+            self.close(send_quit=not quit_sent)

@@ -45,6 +45,7 @@ class Pool:
         self._idle: dict[int, list[BackendConnection]] = {}
         self._size = 0            # open connections, idle or lent
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._retiring: set[asyncio.Task[None]] = set()  # discarded, the server not done with them yet
         self._closed = False
         self.created = 0          # figures for metrics and tests
         self.discarded = 0
@@ -82,15 +83,16 @@ class Pool:
             conn = self._take_idle(caps_key, prefer)
             if conn is not None:
                 if conn.closed_while_idle():  # e.g. the server restarted: no error for the client
-                    self._discard(conn)
+                    self._discard(conn, dead=True)
                     continue
                 if time.monotonic() - conn.last_used > self.config.check_after_idle_s:
                     if not await self._alive(conn):
-                        self._discard(conn)
+                        self._discard(conn, dead=True)
                         continue
                 return conn
-            if self._size < self.config.max_size or self._close_idle_of_other_key(caps_key):
+            if self._size < self.config.max_size:
                 return await self._open(caps_key)
+            self._close_idle_of_other_key(caps_key)  # its slot frees once the server let go of it
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closed:
                 raise ProxyError(ER_CON_COUNT_ERROR, "08004",
@@ -117,10 +119,27 @@ class Pool:
         if self._waiters:
             self._wake()
 
-    def _discard(self, conn: BackendConnection) -> None:
-        conn.close()
-        self._size -= 1
+    def _discard(self, conn: BackendConnection, dead: bool = False) -> None:
+        """Close a connection. Its slot stays taken until the server has let go of it too
+        (BackendConnection.retire), so the server never holds more than max_size of this
+        pool's connections; a connection known to be dead frees its slot at once."""
         self.discarded += 1
+        if dead or self._closed:
+            conn.close()
+            self._free_slot()
+            return
+        task = asyncio.get_running_loop().create_task(self._retire(conn))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, conn: BackendConnection) -> None:
+        try:
+            await conn.retire(self.config.connect_timeout_s)
+        finally:
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        self._size -= 1
         self._wake()
 
     def _wake(self) -> None:
@@ -139,12 +158,11 @@ class Pool:
             return prefer
         return idle.pop()  # most recently used: warm, and lets the others age out
 
-    def _close_idle_of_other_key(self, caps_key: int) -> bool:
+    def _close_idle_of_other_key(self, caps_key: int) -> None:
         for key, idle in self._idle.items():
             if key != caps_key & RESULT_SHAPING_CAPABILITIES and idle:
                 self._discard(idle.pop(0))
-                return True
-        return False
+                return
 
     async def _open(self, caps_key: int) -> BackendConnection:
         self._size += 1
@@ -154,18 +172,15 @@ class Pool:
         try:
             await conn.connect(ep.user, ep.password, ep.database, self.config.connect_timeout_s)
         except BackendError as refused:
-            self._size -= 1
-            self._wake()
+            self._free_slot()
             raise backend_unavailable(ep.data_source, ep.address, refused.err.message) from refused
         except (OSError, TimeoutError, ConnectionError) as unreachable:
             # (A name of its own per except clause: compiled, one name has one type.)
-            self._size -= 1
-            self._wake()
+            self._free_slot()
             reason = "timed out" if isinstance(unreachable, TimeoutError) else (unreachable.strerror or str(unreachable))
             raise backend_unavailable(ep.data_source, ep.address, reason) from unreachable
         except BaseException:
-            self._size -= 1
-            self._wake()
+            self._free_slot()
             raise
         self.created += 1
         return conn
