@@ -10,10 +10,13 @@ over all trees. It prints, per tree, the medians of QPS, proxy CPU per statement
 user CPU per statement, and the median of the per-round ratios against the first tree.
 Two references run on the unsharded table: HAProxy in TCP mode, and
 harness/python_relay.py, a byte relay on uvloop that parses nothing (the floor of any
-Python proxy on this machine).
+Python proxy on this machine). A tree may name its own configuration after a colon
+(``pt=.:passthrough --tree sh=.:sharded``): the sharded/pass-through ratio of one tree, in
+the same run.
 
     .venv/bin/python benchmarks/ab_trees.py --tree main=main --tree head=. --rounds 6 --native
     .venv/bin/python benchmarks/ab_trees.py --tree a=HEAD~1 --tree b=HEAD --config sharded --text
+    .venv/bin/python benchmarks/ab_trees.py --tree pt=.:passthrough --tree sh=.:sharded --threads 64
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(HERE.parent))
 from harness import cluster, procstat, services, sysbench  # noqa: E402
 
 REFERENCE = "haproxy"
+CONFIGS = {"passthrough": cluster.passthrough_config, "sharded": cluster.sharded_config}
 
 
 @dataclass
@@ -84,9 +88,10 @@ def measure(service: services.Service, workload: sysbench.Workload, endpoint: sy
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", action="append", required=True, metavar="NAME=REV",
-                        help="a source tree to measure: a git revision, . for the working tree, or a directory")
-    parser.add_argument("--config", choices=("passthrough", "sharded"), default="passthrough")
+    parser.add_argument("--tree", action="append", required=True, metavar="NAME=REV[:CONFIG]",
+                        help="a source tree to measure: a git revision, . for the working tree, or a "
+                             "directory; CONFIG (passthrough or sharded) overrides --config for it")
+    parser.add_argument("--config", choices=CONFIGS, default="passthrough")
     parser.add_argument("--script", default="oltp_point_select")
     parser.add_argument("--text", action="store_true", help="--db-ps-mode=disable")
     parser.add_argument("--threads", type=int, default=8)
@@ -95,7 +100,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--table-size", type=int, default=10000)
     parser.add_argument("--native", action="store_true",
                         help="compile the hot-path modules of each exported revision (dbmesh/native.py)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for spec in args.tree:
+        config = spec.partition("=")[2].partition(":")[2]
+        if config and config not in CONFIGS:
+            parser.error(f"--tree {spec}: the configuration after ':' is one of {', '.join(CONFIGS)}")
+    return args
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Figures]:
@@ -103,10 +113,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Figures]:
     started: list[services.Service] = []
     try:
         cluster.load_data(box, args.table_size)
-        make_config = cluster.sharded_config if args.config == "sharded" else cluster.passthrough_config
         endpoints: dict[str, tuple[services.Service, sysbench.Endpoint]] = {}
         for spec in args.tree:
             name, _, revision = spec.partition("=")
+            revision, _, config = revision.partition(":")
+            make_config = CONFIGS[config or args.config]
             source = export_tree(revision, workdir / "trees" / name)
             if args.native and (source / "dbmesh" / "native.py").exists() and source != HERE.parent:
                 print(f"{name}: {build_native(source)}", flush=True)
