@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 import sqlglot
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import shop_rules_offline
 from sharding import planner
-from sharding.plan_cache import PlanCache, normalise
+from sharding.plan_cache import PlanCache, _regex_split, _scan_literals, normalise
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,57 @@ def test_normalise_keeps_identifiers_with_digits():
     assert shape == ("SELECT c1, t.x2 FROM t_order_1 t WHERE id = :dbmeshp0 AND s = :dbmeshp1 "
                      "AND f = :dbmeshp2")
     assert literals == ["42", "'a''b'", "1.5e3"]
+
+
+# The literal scanner (run compiled) and the regular expression (run as Python source) must
+# cut every text the same way; see plan_cache._split.
+_TOKENS = st.one_of(
+    st.sampled_from(["SELECT", "c", "FROM", "sbtest1", "t_order_1", "t", ".", "WHERE", "id", "=", "AND", "IN",
+                     "(", ")", ",", "`", "@", "@@", "$", "-", "+", "*", "/", "<", ">", "e", "E", "x", "N",
+                     "_utf8mb4", "\n", "\t"]),
+    st.from_regex(r"\A[0-9]{1,6}(\.[0-9]{1,3})?([eE][-+]?[0-9]{1,2})?\Z"),
+    st.from_regex(r"\A'([a-z0-9 .,]|''|\\[a-z'\\])*'\Z"),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_TOKENS, st.sampled_from(["", " "])), min_size=1, max_size=14))
+def test_literal_scanner_cuts_like_the_regular_expression(parts):
+    sql = "".join(token + gap for token, gap in parts)  # glued tokens too: 0E-00.0, t1x2, 5abc
+    assert _scan_literals(sql) == _regex_split(sql), sql
+
+
+@pytest.mark.parametrize("sql, literals", [
+    ("SELECT c1, t.x2, `3`, @v4 FROM t_order_1 WHERE id=5 AND k=6e2 AND f = 1.5E-3", ["5", "6e2", "1.5E-3"]),
+    ("SELECT c FROM t WHERE id = 5abc OR x1.5 = 7", ["7"]),
+    ("SELECT c FROM t WHERE id IN (1,2) AND s = 'it''s' AND b = 'x\\'y'", ["1", "2", "'it''s'", "'x\\'y'"]),
+])
+def test_literal_scanner_examples(sql, literals):
+    for split in (_scan_literals, _regex_split):
+        pieces = split(sql)
+        assert pieces is not None and pieces[1::2] == literals and "".join(pieces) == sql
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT c FROM t WHERE s = 'a?b:c\"d#e--f/*g'",  # inside a string these mean nothing
+])
+def test_literal_scanner_reads_inside_strings_as_text(sql):
+    assert _scan_literals(sql) == ["SELECT c FROM t WHERE s = ", sql[sql.index("'"):], ""]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT c FROM t WHERE s = 'open",       # an unterminated string
+    "SELECT c FROM t WHERE id = ? AND k = 1",
+    "SELECT c FROM t WHERE id = 1 -- note",
+    "SELECT c FROM t WHERE id = 1 # note",
+    "SELECT /*+ hint */ c FROM t WHERE id = 1",
+    'SELECT "c" FROM t WHERE id = 1',
+    "SELECT c FROM t WHERE id = :p AND k = 1",
+    "SELECT c FROM t WHERE b = b'01'",
+    "SELECT c FROM t_order_1",                # no literal
+])
+def test_literal_scanner_refuses(sql):
+    assert _scan_literals(sql) is None and _regex_split(sql) is None
 
 
 # Point shapes: equalities on every sharding column of one table. A hit routes them from the

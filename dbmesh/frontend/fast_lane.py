@@ -28,7 +28,7 @@ from .. import errors
 from ..backend.connection import BackendConnection, framed
 from ..errors import ProxyError
 from ..protocol.binary import decode_params
-from ..protocol.coldefs import logical_sink
+from ..protocol.coldefs import RenamingSink, logical_sink
 from ..protocol.constants import Command, ServerStatus
 from ..protocol.packets import ConnectionClosed, MalformedPacket, PacketProtocol
 from ..protocol.scanner import ResponseKind, ResponseScanner
@@ -56,7 +56,8 @@ _Route = tuple[BackendConnection, bytes, object, "Pool | None", "str | None", "R
 class FastLane:
     """One session's fast lane; the session's PacketProtocol calls it with whole packets."""
 
-    __slots__ = ("session", "protocol", "conn", "pool", "wrote_to", "replica", "command", "idle_timer", "closed")
+    __slots__ = ("session", "protocol", "conn", "pool", "wrote_to", "replica", "command", "idle_timer", "closed",
+                 "sinks", "sinks_config", "sinks_database")
 
     def __init__(self, session: Session, protocol: PacketProtocol):
         self.session = session
@@ -72,6 +73,11 @@ class FastLane:
         # loop, asleep on a plain read, cannot time that out, so this timer does.
         self.idle_timer: asyncio.TimerHandle | None = None
         self.closed: asyncio.Future | None = None  # the session ends once the command in flight is done
+        # Where a sharded database's results go, per data source (the client's writer, or a
+        # RenamingSink before it), for the configuration and database they were made for.
+        self.sinks: dict[str, object] = {}
+        self.sinks_config: object = None
+        self.sinks_database: str | None = None
         protocol.fast_lane = self
 
     def __call__(self, data: bytes) -> bool:
@@ -209,13 +215,13 @@ class FastLane:
         except ShardingError:
             return None  # the command loop words the error
         data_source, actual_sql = route
-        pool = executor._replica_pool(data_source) or session.server.pools[data_source]
+        pool = (executor._replica_pool(data_source) if data_source in session.server.replica_sets else None) \
+            or session.server.pools[data_source]
         conn = self._idle_connection(pool, session.config.data_sources[data_source].database)
         if conn is None:
             return None
         wire = framed(bytes((Command.QUERY,)) + actual_sql.encode("utf-8", "surrogateescape"), 0)
-        sink = logical_sink(session.writer, session.config, database, data_source)
-        return conn, wire, sink, pool, None, None
+        return conn, wire, self._sink(database, data_source), pool, None, None
 
     def _sharded_point_execute(self, data: bytes, stmt: ClientStatement) -> _Route | None:
         """A prepared point statement whose parameters route it to one node, where it is
@@ -261,8 +267,19 @@ class FastLane:
         stmt.param_types = param_types
         packet = packet[:5] + b"\x00" + packet[6:]  # no cursor: COM_STMT_FETCH is not routed here
         wrote_to = None if point.kind == "select" else node.data_source
-        sink = logical_sink(session.writer, session.config, database, node.data_source)
-        return conn, framed(packet, 0), sink, pool, wrote_to, None
+        return conn, framed(packet, 0), self._sink(database, node.data_source), pool, wrote_to, None
+
+    def _sink(self, database: str, data_source: str) -> object:
+        """logical_sink(), made once per data source while the session's configuration and
+        database stay the same: the renamer lookup and the sink are not rebuilt per statement."""
+        session = self.session
+        if self.sinks_config is not session.config or self.sinks_database != database:
+            self.sinks.clear()
+            self.sinks_config, self.sinks_database = session.config, database
+        sink = self.sinks.get(data_source)
+        if sink is None:
+            sink = self.sinks[data_source] = logical_sink(session.writer, session.config, database, data_source)
+        return sink.restart() if isinstance(sink, RenamingSink) else sink
 
     def _idle_connection(self, pool: Pool, database: str | None) -> BackendConnection | None:
         """An idle connection of ``pool`` already in the session's state on ``database``, or

@@ -154,6 +154,12 @@ class RenamingSink:
         self._pending = b""     # an unfinished head from earlier chunks
         self._renamed = False   # the head is out: the rest passes through
 
+    def restart(self) -> RenamingSink:
+        """Ready for the next result (a sink is kept per session and data source)."""
+        self._pending = b""
+        self._renamed = False
+        return self
+
     def write(self, data: bytes | memoryview) -> None:
         if self._renamed:
             self._write(data)
