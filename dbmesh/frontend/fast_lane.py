@@ -45,6 +45,7 @@ _CURSOR_FLAGS: Final = 0x0F  # COM_STMT_EXECUTE flags asking for a cursor: the c
 # The command loop drains the client's buffer past this between commands; the lane leaves such
 # a client to it.
 _CLIENT_BUFFER_BACKLOG: Final = 65536
+_COM_QUERY: Final = bytes((Command.QUERY,))
 
 
 # What a fast-lane command needs: the backend connection, the wire bytes to send it, where
@@ -57,7 +58,7 @@ class FastLane:
     """One session's fast lane; the session's PacketProtocol calls it with whole packets."""
 
     __slots__ = ("session", "protocol", "conn", "pool", "wrote_to", "replica", "command", "idle_timer", "closed",
-                 "sinks", "sinks_config", "sinks_database")
+                 "targets", "targets_database")
 
     def __init__(self, session: Session, protocol: PacketProtocol):
         self.session = session
@@ -73,11 +74,9 @@ class FastLane:
         # loop, asleep on a plain read, cannot time that out, so this timer does.
         self.idle_timer: asyncio.TimerHandle | None = None
         self.closed: asyncio.Future | None = None  # the session ends once the command in flight is done
-        # Where a sharded database's results go, per data source (the client's writer, or a
-        # RenamingSink before it), for the configuration and database they were made for.
-        self.sinks: dict[str, object] = {}
-        self.sinks_config: object = None
-        self.sinks_database: str | None = None
+        # A sharded database's data sources as this session uses them, for targets_database.
+        self.targets: dict[str, _Target] = {}
+        self.targets_database: str | None = None
         protocol.fast_lane = self
 
     def __call__(self, data: bytes) -> bool:
@@ -202,7 +201,10 @@ class FastLane:
             return None
         if session.shadow_engaged():
             return None
-        text = sql.decode("utf-8", "surrogateescape")
+        try:
+            text = sql.decode()
+        except UnicodeDecodeError:
+            return None  # raw bytes in a string: the command loop keeps them (surrogateescape)
         plan_cache = session.server.plan_cache
         try:
             route = plan_cache.point_read(text, database)
@@ -215,13 +217,15 @@ class FastLane:
         except ShardingError:
             return None  # the command loop words the error
         data_source, actual_sql = route
-        pool = (executor._replica_pool(data_source) if data_source in session.server.replica_sets else None) \
-            or session.server.pools[data_source]
-        conn = self._idle_connection(pool, session.config.data_sources[data_source].database)
+        target = self._target(database, data_source)
+        pool = target.pool
+        if target.replicated:
+            pool = executor._replica_pool(data_source) or pool
+        conn = self._idle_connection(pool, target.database)
         if conn is None:
             return None
-        wire = framed(bytes((Command.QUERY,)) + actual_sql.encode("utf-8", "surrogateescape"), 0)
-        return conn, wire, self._sink(database, data_source), pool, None, None
+        wire = framed(_COM_QUERY + actual_sql.encode(), 0)  # strict UTF-8 text in, so strict out
+        return conn, wire, target.sink(), pool, None, None
 
     def _sharded_point_execute(self, data: bytes, stmt: ClientStatement) -> _Route | None:
         """A prepared point statement whose parameters route it to one node, where it is
@@ -250,8 +254,9 @@ class FastLane:
         sql = info.actual_sql.get((node.data_source, node.table))
         if sql is None:
             return None
-        pool = session.server.pools[node.data_source]
-        conn = self._idle_connection(pool, session.config.data_sources[node.data_source].database)
+        target = self._target(database, node.data_source)
+        pool = target.pool
+        conn = self._idle_connection(pool, target.database)
         if conn is None:
             return None
         backend = conn.prepared.get((conn.database, sql))
@@ -267,19 +272,18 @@ class FastLane:
         stmt.param_types = param_types
         packet = packet[:5] + b"\x00" + packet[6:]  # no cursor: COM_STMT_FETCH is not routed here
         wrote_to = None if point.kind == "select" else node.data_source
-        return conn, framed(packet, 0), self._sink(database, node.data_source), pool, wrote_to, None
+        return conn, framed(packet, 0), target.sink(), pool, wrote_to, None
 
-    def _sink(self, database: str, data_source: str) -> object:
-        """logical_sink(), made once per data source while the session's configuration and
-        database stay the same: the renamer lookup and the sink are not rebuilt per statement."""
-        session = self.session
-        if self.sinks_config is not session.config or self.sinks_database != database:
-            self.sinks.clear()
-            self.sinks_config, self.sinks_database = session.config, database
-        sink = self.sinks.get(data_source)
-        if sink is None:
-            sink = self.sinks[data_source] = logical_sink(session.writer, session.config, database, data_source)
-        return sink.restart() if isinstance(sink, RenamingSink) else sink
+    def _target(self, database: str, data_source: str) -> _Target:
+        """``data_source`` of the sharded ``database`` as this session uses it, made once while
+        the session stays on that database."""
+        if self.targets_database != database:
+            self.targets.clear()
+            self.targets_database = database
+        target = self.targets.get(data_source)
+        if target is None:
+            target = self.targets[data_source] = _Target(self.session, database, data_source)
+        return target
 
     def _idle_connection(self, pool: Pool, database: str | None) -> BackendConnection | None:
         """An idle connection of ``pool`` already in the session's state on ``database``, or
@@ -400,3 +404,26 @@ class FastLane:
         if self.conn is not None:
             self.closed = asyncio.get_running_loop().create_future()
             await self.closed
+
+
+class _Target:
+    """One data source of a sharded database as a session's fast lane uses it: its primary's
+    pool, its physical database, and where its results go (the client's writer, or a
+    RenamingSink in front of it for the logical names). The configuration never changes
+    under a running server, so these hold while the session stays on the database."""
+
+    __slots__ = ("pool", "database", "replicated", "_sink", "_renaming")
+
+    def __init__(self, session: Session, database: str, data_source: str):
+        server = session.server
+        self.pool: Pool = server.pools[data_source]
+        self.database: str | None = session.config.data_sources[data_source].database
+        self.replicated = data_source in server.replica_sets  # reads may go to a replica's pool
+        sink = logical_sink(session.writer, session.config, database, data_source)
+        self._sink: object = sink
+        self._renaming = sink if isinstance(sink, RenamingSink) else None
+
+    def sink(self) -> object:
+        """The sink, ready for a new result."""
+        renaming = self._renaming
+        return self._sink if renaming is None else renaming.restart()
