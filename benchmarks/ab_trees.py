@@ -38,7 +38,8 @@ sys.path.insert(0, str(HERE.parent))
 from harness import cluster, procstat, services, sysbench  # noqa: E402
 
 REFERENCE = "haproxy"
-CONFIGS = {"passthrough": cluster.passthrough_config, "sharded": cluster.sharded_config}
+CONFIGS = {"passthrough": cluster.passthrough_config, "sharded": cluster.sharded_config,
+           "sharded-1s": cluster.sharded_one_server_config}
 
 
 @dataclass
@@ -91,7 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tree", action="append", required=True, metavar="NAME=REV[:CONFIG]",
                         help="a source tree to measure: a git revision, . for the working tree, or a "
                              "directory; CONFIG (passthrough or sharded) overrides --config for it")
-    parser.add_argument("--config", choices=CONFIGS, default="passthrough")
+    parser.add_argument("--config", choices=CONFIGS, default="passthrough",
+                        help="sharded: two data sources on two servers; sharded-1s: on one server")
     parser.add_argument("--script", default="oltp_point_select")
     parser.add_argument("--text", action="store_true", help="--db-ps-mode=disable")
     parser.add_argument("--threads", type=int, default=8)

@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/sysbench_compare.py [--quick]
 
 Starts its own two-shard MariaDB sandbox in a temporary folder, loads the sysbench table,
-then alternates four configurations over every workload: direct to MariaDB, dbmesh
-pass-through, HAProxy (TCP mode) and dbmesh sharded (sbtest1 split by id % 2). Then
+then alternates five configurations over every workload: direct to MariaDB, dbmesh
+pass-through, HAProxy (TCP mode), dbmesh sharded (sbtest1 split by id % 2 over two
+servers), and the same sharding with both data sources on one server (sharded-1s). Then
 measures the proxy's memory with 1,000 idle and 200 busy clients. Prints a table and
 writes ``benchmarks/results/latest.json``. See ``benchmarks/README.md``.
 
@@ -103,6 +104,8 @@ class Bench:
                                                          workdir, workers),
             "sharded": lambda: services.start_dbmesh("dbmesh-sharded", cluster.sharded_config(box), workdir,
                                                      workers),
+            "sharded-1s": lambda: services.start_dbmesh("dbmesh-sharded-1s", cluster.sharded_one_server_config(box),
+                                                        workdir, workers),
             "haproxy": lambda: services.start_haproxy(*self._ds_0_address(), workdir),
         }
 

@@ -6,6 +6,10 @@ Physical layout:
   the direct, pass-through and HAProxy runs use it.
 - ``ds_0`` and ``ds_1`` database ``sbtest_sharded``: the same rows split by ``id % 2``
   (even ids on ds_0, odd on ds_1), same table definition; the sharded run uses them.
+- ``ds_0`` database ``sbtest_odd``: the odd rows once more. The ``sharded-1s`` run uses it
+  and ``ds_0.sbtest_sharded`` as its two data sources: the same sharding on one server, so
+  the figure shows the proxy's cost of sharding without the cost of a second MariaDB
+  server sharing the machine's two cores with the first.
 
 Both proxies present the logical database ``sbtest``, so sysbench runs unchanged.
 """
@@ -23,6 +27,7 @@ from harness import sysbench
 
 DIRECT_DB = "sbtest"
 SHARDED_DB = "sbtest_sharded"
+ODD_DB = "sbtest_odd"
 LOGICAL_DB = "sbtest"
 TABLE = "sbtest1"
 PROXY_USER = "bench"
@@ -35,7 +40,7 @@ def start_sandbox(workdir: Path) -> sandbox_mod.Sandbox:
     sandbox_mod.ensure_mariadb_installed()
     box = sandbox_mod.Sandbox(workdir / "sandbox")
     box.up(shards=2, replicas_per_shard=0,
-           databases={"ds_0": [DIRECT_DB, SHARDED_DB], "ds_1": [SHARDED_DB]})
+           databases={"ds_0": [DIRECT_DB, SHARDED_DB, ODD_DB], "ds_1": [SHARDED_DB]})
     return box
 
 
@@ -78,8 +83,9 @@ def load_data(box: sandbox_mod.Sandbox, table_size: int) -> None:
     source = box.admin_connect("ds_0", database=DIRECT_DB)
     try:
         ddl = _create_table_sql(source)
-        _copy_rows(source, box, "ds_0", ddl, remainder=0)
-        _copy_rows(source, box, "ds_1", ddl, remainder=1)
+        _copy_rows(source, box, "ds_0", SHARDED_DB, ddl, remainder=0)
+        _copy_rows(source, box, "ds_1", SHARDED_DB, ddl, remainder=1)
+        _copy_rows(source, box, "ds_0", ODD_DB, ddl, remainder=1)
     finally:
         source.close()
 
@@ -97,9 +103,9 @@ def _rows_with_remainder(conn: pymysql.connections.Connection, remainder: int) -
             yield list(batch)
 
 
-def _copy_rows(source: pymysql.connections.Connection, box: sandbox_mod.Sandbox, shard: str, ddl: str,
-               remainder: int) -> None:
-    target = box.admin_connect(shard, database=SHARDED_DB)
+def _copy_rows(source: pymysql.connections.Connection, box: sandbox_mod.Sandbox, shard: str, database: str,
+               ddl: str, remainder: int) -> None:
+    target = box.admin_connect(shard, database=database)
     try:
         with target.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {TABLE}")
@@ -113,7 +119,7 @@ def _copy_rows(source: pymysql.connections.Connection, box: sandbox_mod.Sandbox,
 def row_counts(box: sandbox_mod.Sandbox) -> dict[str, int]:
     """Rows per physical table, to show the load went where it should."""
     counts = {}
-    for shard, database in (("ds_0", DIRECT_DB), ("ds_0", SHARDED_DB), ("ds_1", SHARDED_DB)):
+    for shard, database in (("ds_0", DIRECT_DB), ("ds_0", SHARDED_DB), ("ds_1", SHARDED_DB), ("ds_0", ODD_DB)):
         conn = box.admin_connect(shard, database=database)
         try:
             with conn.cursor() as cur:
@@ -165,4 +171,12 @@ def sharding_rules() -> dict[str, Any]:
 
 def sharded_config(box: sandbox_mod.Sandbox) -> dict[str, Any]:
     data_sources = {name: data_source_config(box, name, SHARDED_DB) for name in ("ds_0", "ds_1")}
+    return proxy_config(data_sources, {"sharding": sharding_rules()})
+
+
+def sharded_one_server_config(box: sandbox_mod.Sandbox) -> dict[str, Any]:
+    """The sharded configuration with both data sources on ds_0's server: ds_0 is its
+    ``sbtest_sharded`` (even ids), ds_1 its ``sbtest_odd`` (odd ids)."""
+    data_sources = {"ds_0": data_source_config(box, "ds_0", SHARDED_DB),
+                    "ds_1": data_source_config(box, "ds_0", ODD_DB)}
     return proxy_config(data_sources, {"sharding": sharding_rules()})

@@ -13,9 +13,11 @@ from typing import Any
 
 from harness import clients, sysbench
 
-CONFIGS = ("direct", "passthrough", "haproxy", "sharded")
-PROXIES_WITH_CPU = ("passthrough", "haproxy", "sharded")
-DBMESH_CONFIGS = ("passthrough", "sharded")
+# sharded: two data sources on two servers; sharded-1s: the same two on one server.
+CONFIGS = ("direct", "passthrough", "haproxy", "sharded", "sharded-1s")
+SHARDED_CONFIGS = ("sharded", "sharded-1s")
+PROXIES_WITH_CPU = ("passthrough", "haproxy", *SHARDED_CONFIGS)
+DBMESH_CONFIGS = ("passthrough", "sharded")  # measured for memory too
 MB = 1024 * 1024
 STALL_FACTOR = 1.5
 
@@ -105,7 +107,7 @@ def ratios(run: Run, runs: list[Run]) -> dict[str, float | None]:
     if run.config == "passthrough":
         haproxy = _find(runs, "haproxy", run.workload)
         out["qps_vs_haproxy"] = _ratio(mine and mine.qps, haproxy and haproxy.result.qps)
-    if run.config == "sharded":
+    if run.config in SHARDED_CONFIGS:
         passthrough = _find(runs, "passthrough", run.workload)
         out["qps_vs_passthrough"] = _ratio(mine and mine.qps, passthrough and passthrough.result.qps)
     return out
@@ -129,13 +131,13 @@ def targets(runs: list[Run], memory: list[Memory]) -> list[Target]:
         if run.workload.script != "oltp_point_select" or run.status != "ok":
             continue
         subject = f"{run.config} {run.workload.ps_label} {run.workload.threads}t"
-        if run.config in DBMESH_CONFIGS:
+        if run.config in ("passthrough", *SHARDED_CONFIGS):
             found.append(_at_most("proxy CPU per point select (µs)", subject, run.cpu_us_per_statement,
                                   CPU_US_PER_POINT_SELECT_MAX))
         if run.config == "passthrough":
             found.append(_at_least("pass-through point-select QPS / HAProxy", subject,
                                    ratios(run, runs)["qps_vs_haproxy"], PASSTHROUGH_VS_HAPROXY_MIN))
-        if run.config == "sharded":
+        if run.config in SHARDED_CONFIGS:
             found.append(_at_least("sharded point-select QPS / pass-through", subject,
                                    ratios(run, runs)["qps_vs_passthrough"], SHARDED_VS_PASSTHROUGH_MIN))
     for mem in memory:
