@@ -46,6 +46,7 @@ _CURSOR_FLAGS: Final = 0x0F  # COM_STMT_EXECUTE flags asking for a cursor: the c
 # a client to it.
 _CLIENT_BUFFER_BACKLOG: Final = 65536
 _COM_QUERY: Final = bytes((Command.QUERY,))
+_NO_LONG_DATA: Final[dict[int, bytes]] = {}  # read only: the lane leaves statements with long data alone
 
 
 # What a fast-lane command needs: the backend connection, the wire bytes to send it, where
@@ -242,7 +243,7 @@ class FastLane:
             return None
         payload = data[4:]
         try:
-            values, param_types = decode_params(payload, stmt.num_params, stmt.param_types, {})
+            values, param_types = decode_params(payload, stmt.num_params, stmt.param_types, _NO_LONG_DATA)
             for _, i in point.positions:
                 if values[i] is None:
                     return None  # `= NULL` matches nothing: the planner's path answers it
@@ -264,13 +265,13 @@ class FastLane:
             pool.release(conn)
             return None
         try:
-            packet = session._execute_packet(payload, stmt, backend.stmt_id)
+            # No cursor: COM_STMT_FETCH is not routed on a sharded database.
+            packet = session._execute_packet(payload, stmt, backend.stmt_id, cursor=False)
         except ProxyError:
             pool.release(conn)
             return None
         conn.prepared.move_to_end((conn.database, sql))
         stmt.param_types = param_types
-        packet = packet[:5] + b"\x00" + packet[6:]  # no cursor: COM_STMT_FETCH is not routed here
         wrote_to = None if point.kind == "select" else node.data_source
         return conn, framed(packet, 0), target.sink(), pool, wrote_to, None
 

@@ -125,8 +125,7 @@ def execute_packet(session: Session, stmt: ClientStatement, payload: bytes, back
         raise ProxyError(errors.ER_UNKNOWN_ERROR, "HY000",
                          f"dbmesh: a backend statement takes {backend.num_params} parameters, the client's "
                          f"{stmt.num_params}")
-    packet = session._execute_packet(payload, stmt, backend.stmt_id)
-    return packet[:5] + b"\x00" + packet[6:]
+    return session._execute_packet(payload, stmt, backend.stmt_id, cursor=False)
 
 
 async def backend_statement(session: Session | None, conn: BackendConnection, sql: bytes) -> BackendStatement | None:

@@ -327,8 +327,8 @@ class Session:
         ShadowSession: this module is compiled, and every statement asks.)"""
         shadow = self.shadow
         # find(), not `in`: on bytes, `in` first tries the operand as an int and fails.
-        return shadow.flag or self.database in shadow.databases or (
-            sql.find(b"dbmesh:") >= 0 if isinstance(sql, bytes) else "dbmesh:" in sql)
+        return shadow.flag or self.database in shadow.databases or (len(sql) > 0 and (
+            sql.find(b"dbmesh:") >= 0 if isinstance(sql, bytes) else "dbmesh:" in sql))
 
     def _route(self) -> _DatabaseRoute:
         """What the current database means for routing, worked out once per database (the
@@ -742,10 +742,11 @@ class Session:
         self._remember_backend_statement(conn, stmt.sql, scanner)
         return conn.prepared[key]
 
-    def _execute_packet(self, payload: bytes, stmt: ClientStatement, backend_id: int) -> bytes:
+    def _execute_packet(self, payload: bytes, stmt: ClientStatement, backend_id: int, cursor: bool = True) -> bytes:
         """The client's COM_STMT_EXECUTE with the backend's statement id, and parameter types
-        included even when the client sent them only on an earlier execute."""
-        head = payload[:1] + struct.pack("<I", backend_id) + payload[5:10]
+        included even when the client sent them only on an earlier execute; without the
+        client's cursor flags unless ``cursor``."""
+        head = payload[:1] + struct.pack("<I", backend_id) + (payload[5:10] if cursor else b"\x00" + payload[6:10])
         n = stmt.num_params
         if n == 0:
             return head + payload[10:]
