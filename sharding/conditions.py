@@ -8,6 +8,7 @@ superset of the nodes holding matching rows; that is what keeps routing safe.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -56,6 +57,8 @@ def is_constant(value: Any) -> bool:
 
 
 PLACEHOLDER_PREFIX = "dbmeshp"
+# A numbered placeholder as SQL rendered from a tree shows it (:dbmeshp0); group 1: the number.
+PLACEHOLDER_MARKER = re.compile(r":" + PLACEHOLDER_PREFIX + r"(\d+)")
 
 
 def number_placeholders(sql: str, dialect: str = "mysql") -> str:

@@ -33,7 +33,6 @@ from .errors import ShardingError
 from .planner import MEMOS, Plan, RouteUnit, parse_statement, plan
 from .rules import DataNode, ExactValues
 
-_MARKER = re.compile(r":" + conditions.PLACEHOLDER_PREFIX + r"(\d+)")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "b": "\b", "Z": "\x1a"}
 _UNCACHEABLE: Any = object()
 # Where a literal may stand and still be a routing value rather than part of the result shape.
@@ -222,7 +221,8 @@ def put_back(text: str, literals: list[str]) -> str:
 def _template(rendered: str) -> list[Any]:
     """SQL generated from a shape, split at its placeholders: text, literal number (an int),
     text, ..., text."""
-    return [int(piece) if i % 2 else piece for i, piece in enumerate(_MARKER.split(rendered))]
+    pieces = conditions.PLACEHOLDER_MARKER.split(rendered)
+    return [int(piece) if i % 2 else piece for i, piece in enumerate(pieces)]
 
 
 def _filled(template: list[Any], literals: list[str]) -> str:

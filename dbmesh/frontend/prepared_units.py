@@ -17,11 +17,11 @@ is left to the caller, which binds the values into the statement instead.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import TYPE_CHECKING
 
 from sharding import planner
+from sharding.conditions import PLACEHOLDER_MARKER
 
 from .. import errors
 from ..backend.connection import BackendConnection, BackendError, BackendStatement
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 # Backend prepared statements kept per backend connection (as pass-through keeps them).
 PREPARED_PER_BACKEND = 512
-_MARKER = re.compile(r":" + planner.conditions.PLACEHOLDER_PREFIX + r"(\d+)")
 # Rendered unit SQL (one string per route of a shape, kept by the planner's memo) -> the
 # statement to prepare, or None when its placeholders are not the client's in order.
 _STATEMENT_SQL: dict[str, bytes | None] = {}
@@ -50,8 +49,9 @@ def statement_sql(rendered: str, num_params: int) -> bytes | None:
     found = _STATEMENT_SQL.get(rendered, False)
     if found is not False:
         return found
-    order = [int(m.group(1)) for m in _MARKER.finditer(rendered)]
-    sql = _MARKER.sub("?", rendered).encode("utf-8", "surrogateescape") if order == list(range(num_params)) else None
+    order = [int(m.group(1)) for m in PLACEHOLDER_MARKER.finditer(rendered)]
+    sql = (PLACEHOLDER_MARKER.sub("?", rendered).encode("utf-8", "surrogateescape")
+           if order == list(range(num_params)) else None)
     if len(_STATEMENT_SQL) >= _STATEMENT_SQL_LIMIT:
         _STATEMENT_SQL.clear()
     _STATEMENT_SQL[rendered] = sql
