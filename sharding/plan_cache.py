@@ -60,7 +60,7 @@ _REFUSED: Final = 3   # a comment may start, or ? " : (placeholders, identifiers
 
 
 def _character_classes() -> bytes:
-    table = bytearray(128)
+    table = bytearray([_OTHER] * 128)
     for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_$@`.":
         table[ord(c)] = _WORD
     for c in "0123456789":
