@@ -259,7 +259,7 @@ class PointShape:
     planner's walk of the tree. Built only for shapes where that is provably what the full
     planner does (see point_shape); anything else keeps the full route."""
 
-    __slots__ = ("kind", "rule", "table", "positions", "locking", "direct", "_db_algorithm", "_db_index",
+    __slots__ = ("kind", "rule", "table", "positions", "locking", "_db_algorithm", "_db_index",
                  "_table_algorithm", "_table_index", "_tables", "_templates", "_nodes")
 
     def __init__(self, kind: str, rule: Any, table: str, positions: tuple[tuple[str, int], ...], locking: bool):
@@ -269,8 +269,8 @@ class PointShape:
         self.positions = positions    # (sharding column, literal index) pairs
         self.locking = locking
         # The direct route (see _direct_route): each dimension's algorithm and the index of its
-        # value; no table algorithm when each data source has one table.
-        self.direct = False
+        # value; no table algorithm when each data source has one table. No database
+        # algorithm: the shape takes TableRule.route.
         self._db_algorithm: ShardingAlgorithm | None = None
         self._db_index = -1
         self._table_algorithm: ShardingAlgorithm | None = None
@@ -295,14 +295,13 @@ class PointShape:
         if not simple(db) or not (simple(tb) or (tb is None and all(
                 len(tables) == 1 for tables in self._tables.values()))):
             return
-        self.direct = True
         self._db_algorithm, self._db_index = db.algorithm, index[db.columns[0].lower()]
         if tb is not None:
             self._table_algorithm, self._table_index = tb.algorithm, index[tb.columns[0].lower()]
 
     def node(self, values: Sequence[Any]) -> Any:
         """The DataNode for these literal values, or None when the full path must decide."""
-        if self.direct:
+        if self._db_algorithm is not None:
             node = self._direct_node(values)
             if node is not None:
                 return node

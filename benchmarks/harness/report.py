@@ -16,7 +16,6 @@ from harness import clients, sysbench
 # sharded: two data sources on two servers; sharded-1s: the same two on one server.
 CONFIGS = ("direct", "passthrough", "haproxy", "sharded", "sharded-1s")
 SHARDED_CONFIGS = ("sharded", "sharded-1s")
-PROXIES_WITH_CPU = ("passthrough", "haproxy", *SHARDED_CONFIGS)
 DBMESH_CONFIGS = ("passthrough", "sharded")  # measured for memory too
 MB = 1024 * 1024
 STALL_FACTOR = 1.5
