@@ -57,12 +57,13 @@ ITEMS = [(i, (i * 7) % 13, GROUPS[i % len(GROUPS)],
           None if i % 4 == 0 else f"n{i % 5}")
          for i in range(1, 131)]
 DICT = [("a", "Alpha"), ("b", "Beta"), ("c", "Gamma"), ("x", "Unused")]
+COLLATIONS = {"utf8mb4": "utf8mb4_general_ci", "latin1": "latin1_swedish_ci"}
 
 
-def _connect(host: str, port: int, user: str, password: str, database: str):
+def _connect(host: str, port: int, user: str, password: str, database: str, charset: str = "utf8mb4"):
     return mysql.connector.connect(host=host, port=port, user=user, password=password, database=database,
-                                   autocommit=True, use_pure=True, charset="utf8mb4",
-                                   collation="utf8mb4_general_ci")
+                                   autocommit=True, use_pure=True, charset=charset,
+                                   collation=COLLATIONS[charset])
 
 
 def _load(conn) -> None:
@@ -87,11 +88,11 @@ def pair(sandbox, tmp_path_factory):
     info = sandbox.info()
     shard = info.shard("ds_0")
 
-    def plain():
-        return _connect(shard.host, shard.port, info.user, info.password, PLAIN)
+    def plain(charset: str = "utf8mb4"):
+        return _connect(shard.host, shard.port, info.user, info.password, PLAIN, charset)
 
-    def sharded():
-        return _connect(proxy.host, proxy.port, "app", "app", LOGICAL)
+    def sharded(charset: str = "utf8mb4"):
+        return _connect(proxy.host, proxy.port, "app", "app", LOGICAL, charset)
 
     try:
         with sandbox.admin_connect("ds_0") as admin, admin.cursor() as cur:
@@ -330,6 +331,34 @@ def test_text_statements_with_raw_bytes_reach_the_shards_unchanged(pair):
             cur = conn.cursor()
             cur.execute("DELETE FROM pr_item WHERE id IN (2001, 2002)")
             conn.close()
+
+
+@pytest.mark.parametrize(("charset", "notes"), [
+    # What the statement checks look for, inside a literal: the fast lane checks a shape's
+    # text once, so these come before and after a plain literal of the same shape.
+    ("utf8mb4", ["@v", "n1", "a;b", "GET_LOCK('x', 1)", "n2", "@v", "SQL_CALC_FOUND_ROWS"]),
+    # Not UTF-8 on the wire: the lane leaves such text to the command loop.
+    ("latin1", ["ÿ", "n1", "é@v", "n3", "ÿ"]),
+])
+def test_point_reads_answer_whatever_their_string_literals_hold(pair, charset, notes):
+    plain, sharded, _ = pair
+    sql = "SELECT id, note FROM pr_item WHERE user_id = %s AND id = %s AND note <> %s"
+    rows = [(user, item) for item, user, *_ in ITEMS[:24]]
+    answers = []
+    for connect in (plain, sharded):
+        conn = connect(charset)
+        try:
+            cur = conn.cursor()
+            answer = []
+            for note in notes:
+                for user, item in rows:
+                    cur.execute(sql, (user, item, note))
+                    answer.append(cur.fetchall())
+            answers.append(answer)
+        finally:
+            conn.close()
+    assert answers[1] == answers[0]
+    assert sum(1 for rows_found in answers[0] if rows_found) > len(answers[0]) // 2
 
 
 @pytest.mark.parametrize("sql", [

@@ -73,6 +73,18 @@ _PINNING_BY_KEYWORD = {
 # find() because `in` on bytes first tries its operand as an int, raising and clearing a
 # TypeError).
 _LOCKING_READ = re.compile(rb"\bFOR\s+UPDATE\b|\bLOCK\s+IN\s+SHARE\s+MODE\b|\bINTO\s+(?:OUT|DUMP)FILE\b", re.I)
+# Quoted strings and identifiers, and comments (a versioned /*! one never gets this far):
+# what the patterns above must not look into, or 'a@b.com' would read as a user variable.
+# A doubled quote inside ('it''s') reads as two strings next to each other, just as blank.
+_QUOTED_OR_COMMENT = re.compile(rb"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|/\*.*?\*/|(?:--\s|#)[^\n]*", re.S)
+
+
+def _code(sql: bytes) -> bytes:
+    """``sql`` with its quoted parts and comments blanked (only once a cheap substring test
+    found something worth a second look)."""
+    return _QUOTED_OR_COMMENT.sub(b" ", sql)
+
+
 _ROUTE_HINT = re.compile(rb"/\*\+?\s*dbmesh:(primary|replica)(?:=([\w.-]+))?\s*\*/", re.I)
 _WRITE_KEYWORDS = {b"INSERT", b"UPDATE", b"DELETE", b"REPLACE", b"CREATE", b"ALTER", b"DROP", b"TRUNCATE",
                    b"RENAME", b"CALL", b"LOAD", b"COMMIT", b"GRANT", b"REVOKE"}
@@ -138,7 +150,7 @@ def _classify(sql: bytes) -> Statement:
         if pinning:
             return pinning
         if (upper.find(b"UPDATE") >= 0 or upper.find(b"SHARE") >= 0 or upper.find(b"FILE") >= 0) \
-                and _LOCKING_READ.search(body):
+                and _LOCKING_READ.search(_code(body)):
             return PASS
         return READ
     if keyword == b"USE":
@@ -173,11 +185,12 @@ def is_admin(sql: bytes) -> bool:
 def _pinning(sql: bytes, keyword: bytes, upper: bytes) -> Statement | None:
     """Why ``sql`` ties the session to its backend connection, if it does (``upper`` is
     ``sql.upper()``, ``keyword`` its first keyword)."""
-    if sql.find(b"@") >= 0 and _USER_VARIABLE.search(sql):
+    if sql.find(b"@") >= 0 and _USER_VARIABLE.search(_code(sql)):
         return Statement(Kind.PASS, pin_reason="user variable")
     if upper.find(b"LOCK") >= 0 or upper.find(b"TEMPORARY") >= 0 or upper.find(b"SQL_CALC_FOUND_ROWS") >= 0:
+        code = _code(sql)
         for pattern, reason in _PINNING_PATTERNS:
-            if pattern.search(sql):
+            if pattern.search(code):
                 return Statement(Kind.PASS, pin_reason=reason)
     anchored = _PINNING_BY_KEYWORD.get(keyword)
     if anchored is not None and anchored[0].search(sql):
@@ -188,7 +201,7 @@ def _pinning(sql: bytes, keyword: bytes, upper: bytes) -> Statement | None:
 def _classify_set(body: bytes) -> Statement:
     if _SET_GLOBAL.match(body):
         return PASS
-    if b"@" in body and _USER_VARIABLE.search(body):
+    if b"@" in body and _USER_VARIABLE.search(_code(body)):
         return Statement(Kind.PASS, pin_reason="user variable")
     text = body.decode("utf-8", "replace").strip().rstrip(";").strip()
     if _SET_NAMES.match(body):
