@@ -259,15 +259,20 @@ class PointShape:
     planner's walk of the tree. Built only for shapes where that is provably what the full
     planner does (see point_shape); anything else keeps the full route."""
 
-    __slots__ = ("kind", "rule", "table", "positions", "locking", "_db_algorithm", "_db_index",
-                 "_table_algorithm", "_table_index", "_tables", "_templates", "_nodes")
+    __slots__ = ("kind", "rule", "table", "positions", "locking", "tree", "text_checked", "_db_algorithm",
+                 "_db_index", "_table_algorithm", "_table_index", "_tables", "_templates", "_nodes")
 
-    def __init__(self, kind: str, rule: Any, table: str, positions: tuple[tuple[str, int], ...], locking: bool):
+    def __init__(self, kind: str, rule: Any, table: str, positions: tuple[tuple[str, int], ...], locking: bool,
+                 tree: exp.Expression):
         self.kind = kind              # select | update | delete
         self.rule = rule              # the table's TableRule
         self.table = table            # lower-case logical name
         self.positions = positions    # (sharding column, literal index) pairs
         self.locking = locking
+        self.tree = tree              # the shape's parsed tree (the plan cache's, or a prepared statement's)
+        # Set by the frontend once a text of this shape passed its statement checks, which
+        # look only at the text around the literals (frontend/fast_lane.py).
+        self.text_checked = False
         # The direct route (see _direct_route): each dimension's algorithm and the index of its
         # value; no table algorithm when each data source has one table. No database
         # algorithm: the shape takes TableRule.route.
@@ -332,18 +337,18 @@ class PointShape:
             node = self._nodes[ds, table] = DataNode(ds, table)
         return node
 
-    def actual_sql(self, tree: exp.Expression, table: str, logical_db: str, literals: list[str]) -> str:
+    def actual_sql(self, table: str, logical_db: str, literals: list[str]) -> str:
         """The SQL of this shape on actual table ``table``, with the client's literal texts."""
         template = self._templates.get(table)
         if template is None:
-            template = self._templates[table] = _template(planner._render(tree, {self.table: table}, logical_db))
+            template = self._templates[table] = _template(planner._render(self.tree, {self.table: table}, logical_db))
         return _filled(template, literals)
 
-    def plan(self, tree: exp.Expression, logical_db: str, values: list[Any]) -> Plan | None:
+    def plan(self, logical_db: str, values: list[Any]) -> Plan | None:
         node = self.node(values)
         if node is None:
             return None
-        sql = planner._render(tree, {self.table: node.table}, logical_db)
+        sql = planner._render(self.tree, {self.table: node.table}, logical_db)
         result = Plan(self.kind, [RouteUnit(node.data_source, sql)], write=self.kind != "select")
         result.locking = self.locking
         return result
@@ -392,7 +397,7 @@ def point_shape(tree: exp.Expression, rules: Any, logical_db: str) -> PointShape
     if sorted(c for c, _ in positions) != sorted(columns):
         return None
     kind = "select" if isinstance(tree, exp.Select) else "update" if isinstance(tree, exp.Update) else "delete"
-    return PointShape(kind, rule, ref.name, tuple(positions), bool(tree.find(exp.Lock)))
+    return PointShape(kind, rule, ref.name, tuple(positions), bool(tree.find(exp.Lock)), tree)
 
 
 def routes_by_values(tree: exp.Expression) -> bool:
@@ -408,9 +413,15 @@ def _forget_memos(*caches: OrderedDict[Any, Any]) -> None:
             MEMOS.pop(id(tree), None)
 
 
-# A plain Python class even when compiled (dbmesh/native.py): a finalizer needs a weak
-# reference to it, which mypyc's native classes do not take.
 @mypyc_attr(native_class=False)
+class _MemoKeeper:
+    """Held only by one PlanCache, so it goes away with it. MEMOS is keyed by id(tree): when a
+    cache goes away (tests make many), its memos must too, or a new tree that reuses a freed
+    id would render with a dead tree's memo. The finalizer hangs on this plain Python object
+    because it needs a weak reference, which mypyc's native classes (PlanCache, compiled by
+    dbmesh/native.py) do not take."""
+
+
 class PlanCache:
     def __init__(self, capacity: int = 2048):
         self.capacity = capacity
@@ -422,9 +433,8 @@ class PlanCache:
         self._statements: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
-        # MEMOS is keyed by id(tree): when a cache goes away (tests make many), its memos must
-        # too, or a new tree that reuses a freed id would render with a dead tree's memo.
-        weakref.finalize(self, _forget_memos, self._trees, self._statements)
+        self._memo_keeper = _MemoKeeper()
+        weakref.finalize(self._memo_keeper, _forget_memos, self._trees, self._statements)
 
     def statement(self, sql: str, logical_db: str, parse: Callable[[str], exp.Expression]) -> exp.Expression:
         """The parsed tree of a prepared statement's text (``parse`` on a miss), shared by every
@@ -473,20 +483,16 @@ class PlanCache:
         result.units = [RouteUnit(u.data_source, self._fill(u.sql, literals)) for u in result.units]
         return result
 
-    def point_read(self, sql: str, logical_db: str) -> tuple[str, str] | None:
-        """(data source, actual SQL) of a SELECT whose shape is a known point shape without
-        locking (one plan() has seen), found from its sharding literals alone: no Plan, no
-        conversion of the other literals. None: ask plan(). The caller makes sure that no
-        routing hints apply."""
+    def point_read(self, sql: str, logical_db: str) -> tuple[str, str, PointShape] | None:
+        """(data source, actual SQL, shape) of a SELECT whose shape is a known point shape
+        without locking (one plan() has seen), found from its sharding literals alone: no
+        Plan, no conversion of the other literals. None: ask plan(). The caller makes sure
+        that no routing hints apply."""
         pieces = _split(sql)
         if pieces is None:
             return None
-        key = (logical_db, *pieces[0::2])
-        point = self._points.get(key)
+        point = self._points.get((logical_db, *pieces[0::2]))
         if point is None or point.kind != "select" or point.locking:
-            return None
-        tree = self._trees.get(key)
-        if tree is None:
             return None
         literals = pieces[1::2]
         values: list[Any] = [None] * len(literals)
@@ -497,7 +503,7 @@ class PlanCache:
         if node is None:
             return None
         self.hits += 1
-        return node.data_source, point.actual_sql(tree, node.table, logical_db, literals)
+        return node.data_source, point.actual_sql(node.table, logical_db, literals), point
 
     def _fill(self, sql: str, literals: list[str]) -> str:
         """``sql`` with each placeholder marker replaced by the client's literal text; the
@@ -522,7 +528,7 @@ class PlanCache:
             point = self._points[key] = point_shape(tree, rules, logical_db)
         if point is None:
             return None
-        return point.plan(tree, logical_db, values)
+        return point.plan(logical_db, values)
 
     @staticmethod
     def _parse(shape: str) -> Any:

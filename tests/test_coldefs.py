@@ -69,6 +69,27 @@ def test_sink_renames_definitions_in_any_chunking_and_passes_rows_through():
             assert bytes(writer.data) == expected, (deprecate_eof, size)
 
 
+def test_a_kept_sink_renames_each_result_after_restart():
+    """A session keeps its sink per data source and restarts it per result; the head it
+    renamed last is reused only for a result that starts with the very same bytes."""
+    other = [PHYSICAL[1]], [LOGICAL[1]]
+    results = []
+    for columns, logical, rows in ((PHYSICAL, LOGICAL, ROWS), (*other, [["x"]]), (PHYSICAL, LOGICAL, [[3, "y"]])):
+        results.append((wire(result_set_payloads(columns, rows, True, 2)),
+                        wire(result_set_payloads(logical, rows, True, 2))))
+    ok = wire([ok_packet(1, 0, 2)])
+    results.insert(2, (ok, ok))
+    writer = Writer()
+    sink = RenamingSink(writer, RENAMER)
+    for size in (10_000, 5, 10_000, 1):
+        for physical, expected in results:
+            del writer.data[:]
+            sink.restart()
+            for start in range(0, len(physical), size):
+                sink.write(physical[start:start + size])
+            assert bytes(writer.data) == expected, size
+
+
 def test_sink_passes_ok_and_error_answers_through():
     for answer in (ok_packet(3, 0, 2), b"\xff\x7a\x04#42S02Table 't_order_1' doesn't exist"):
         writer = Writer()

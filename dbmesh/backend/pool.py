@@ -38,6 +38,18 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
 
+def _position(idle: list[BackendConnection], conn: BackendConnection) -> int:
+    """Where ``conn`` is in ``idle``, else -1 (the last one). Searched by identity from the
+    end, where a connection given back recently is (``in`` and ``remove()`` would compare
+    each from the start with ==)."""
+    i = len(idle) - 1
+    while i >= 0:
+        if idle[i] is conn:
+            return i
+        i -= 1
+    return -1
+
+
 class Pool:
     def __init__(self, endpoint: Endpoint, config: PoolConfig):
         self.endpoint = endpoint
@@ -68,13 +80,11 @@ class Pool:
         idle = self._idle.get(caps_key & RESULT_SHAPING_CAPABILITIES)
         if not idle:
             return None
-        conn = prefer if prefer is not None and prefer in idle else idle[-1]
+        at = _position(idle, prefer) if prefer is not None else -1
+        conn = idle[at]
         if conn.closed_while_idle() or time.monotonic() - conn.last_used > self.config.check_after_idle_s:
             return None  # acquire() discards or pings it
-        if conn is idle[-1]:
-            idle.pop()
-        else:
-            idle.remove(conn)
+        del idle[at]
         return conn
 
     async def acquire(self, caps_key: int, prefer: BackendConnection | None = None) -> BackendConnection:
@@ -115,7 +125,10 @@ class Pool:
             self._discard(conn)
             return
         conn.last_used = time.monotonic()
-        self._idle.setdefault(conn.pool_key, []).append(conn)
+        idle = self._idle.get(conn.pool_key)
+        if idle is None:
+            idle = self._idle[conn.pool_key] = []
+        idle.append(conn)
         if self._waiters:
             self._wake()
 
@@ -153,10 +166,8 @@ class Pool:
         idle = self._idle.get(caps_key & RESULT_SHAPING_CAPABILITIES)
         if not idle:
             return None
-        if prefer is not None and prefer in idle:
-            idle.remove(prefer)
-            return prefer
-        return idle.pop()  # most recently used: warm, and lets the others age out
+        # Else the most recently used: warm, and lets the others age out.
+        return idle.pop(_position(idle, prefer) if prefer is not None else -1)
 
     def _close_idle_of_other_key(self, caps_key: int) -> None:
         for key, idle in self._idle.items():

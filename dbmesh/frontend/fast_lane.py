@@ -195,12 +195,7 @@ class FastLane:
         sql = data[5:]
         database = session.database
         if executor.in_transaction or not session.autocommit or session.sharding_hints or sql.find(b"dbmesh:") >= 0 \
-                or database is None:
-            return None
-        statement = classify(sql)
-        if statement.kind is not Kind.PASS or not statement.read_only or statement.pin_reason:
-            return None
-        if session.shadow_engaged():
+                or database is None or session.shadow_engaged():
             return None
         try:
             text = sql.decode()
@@ -208,16 +203,25 @@ class FastLane:
             return None  # raw bytes in a string: the command loop keeps them (surrogateescape)
         plan_cache = session.server.plan_cache
         try:
-            route = plan_cache.point_read(text, database)
-            if route is None:
+            hit = plan_cache.point_read(text, database)
+            if hit is not None:
+                data_source, actual_sql, point = hit
+                # The checks read the text around the literals, which the shape fixes: once
+                # per shape. (A literal can only make them refuse needlessly, e.g. '@x'.)
+                if not point.text_checked:
+                    if not _plain_read(sql):
+                        return None
+                    point.text_checked = True
+            else:
+                if not _plain_read(sql):
+                    return None
                 plan = plan_cache.plan(text, executor.rules, database)
                 if plan is None or len(plan.units) != 1 or plan.kind != "select" or plan.locking \
                         or plan.force_primary:
                     return None
-                route = plan.units[0].data_source, plan.units[0].sql
+                data_source, actual_sql = plan.units[0].data_source, plan.units[0].sql
         except ShardingError:
             return None  # the command loop words the error
-        data_source, actual_sql = route
         target = self._target(database, data_source)
         pool = target.pool
         if target.replicated:
@@ -405,6 +409,12 @@ class FastLane:
         if self.conn is not None:
             self.closed = asyncio.get_running_loop().create_future()
             await self.closed
+
+
+def _plain_read(sql: bytes) -> bool:
+    """A read the lane may serve: no admin or session statement, nothing that pins."""
+    statement = classify(sql)
+    return statement.kind is Kind.PASS and statement.read_only and not statement.pin_reason
 
 
 class _Target:

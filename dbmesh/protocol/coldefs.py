@@ -153,6 +153,10 @@ class RenamingSink:
         self._renamer = renamer
         self._pending = b""     # an unfinished head from earlier chunks
         self._renamed = False   # the head is out: the rest passes through
+        # The last head renamed, as the backend sent it and as the client gets it: a sink is
+        # kept per session and data source, and its next result is mostly the same shape.
+        self._last_head = b""
+        self._last_renamed = b""
 
     def restart(self) -> RenamingSink:
         """Ready for the next result (a sink is kept per session and data source)."""
@@ -166,6 +170,14 @@ class RenamingSink:
             return
         if self._pending:
             data = self._pending + bytes(data)
+        last = self._last_head
+        if last and isinstance(data, bytes) and data.startswith(last):
+            # The same column definitions again (read from their own length prefixes, they
+            # end where the last ones did): no walk over the packets, no lookup.
+            self._renamed = True
+            self._pending = b""
+            self._write(self._last_renamed + data[len(last):])
+            return
         head_end = _head_end(data)
         if head_end < 0:
             self._pending = bytes(data)  # wait for the rest of the definitions
@@ -175,7 +187,10 @@ class RenamingSink:
         if head_end == 0:  # OK, ERR, LOCAL INFILE: no result set, nothing to rename
             self._write(data)
             return
-        self._write(self._renamer.head(bytes(data[:head_end])) + data[head_end:])
+        head = bytes(data[:head_end])
+        renamed = self._renamer.head(head)
+        self._last_head, self._last_renamed = head, renamed
+        self._write(renamed + data[head_end:])
 
     async def drain(self) -> None:
         await self._writer.drain()
