@@ -17,7 +17,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlglot import exp
 
@@ -28,7 +28,7 @@ except ImportError:  # running the source without the build tools: the decorator
         return lambda cls: cls
 
 from . import conditions, planner
-from .algorithms import ShardingAlgorithm
+from .algorithms import IndexedAlgorithm, NoTargetError, ShardingAlgorithm, target_with_suffix
 from .errors import ShardingError
 from .planner import MEMOS, Plan, RouteUnit, parse_statement, plan
 from .rules import DataNode, ExactValues
@@ -72,6 +72,7 @@ def _character_classes() -> bytes:
 
 _CLASS: Final = _character_classes()
 _COMPILED: Final = not __file__.endswith(".py")
+_NUMBERED_TARGETS_MAX: Final = 4096  # shard numbers mapped ahead per algorithm (a point shape's direct route)
 
 
 def _split(sql: str) -> list[str] | None:
@@ -260,7 +261,8 @@ class PointShape:
     planner does (see point_shape); anything else keeps the full route."""
 
     __slots__ = ("kind", "rule", "table", "positions", "locking", "tree", "text_checked", "_db_algorithm",
-                 "_db_index", "_table_algorithm", "_table_index", "_tables", "_templates", "_nodes")
+                 "_db_index", "_db_targets", "_table_algorithm", "_table_index", "_table_targets", "_tables",
+                 "_templates", "_nodes")
 
     def __init__(self, kind: str, rule: Any, table: str, positions: tuple[tuple[str, int], ...], locking: bool,
                  tree: exp.Expression):
@@ -280,6 +282,10 @@ class PointShape:
         self._db_index = -1
         self._table_algorithm: ShardingAlgorithm | None = None
         self._table_index = -1
+        # For an algorithm that picks by shard number: each number's data source, and each
+        # data source's tables by number (see _numbered_targets).
+        self._db_targets: dict[int, str] | None = None
+        self._table_targets: dict[str, dict[int, str] | None] = {}
         self._tables: dict[str, tuple[str, ...]] = dict(rule.tables_by_source)  # per data source
         self._direct_route()
         # actual table -> the SQL rendered for it, split at its placeholders (their numbers as
@@ -301,8 +307,10 @@ class PointShape:
                 len(tables) == 1 for tables in self._tables.values()))):
             return
         self._db_algorithm, self._db_index = db.algorithm, index[db.columns[0].lower()]
+        self._db_targets = _numbered_targets(db.algorithm, rule.data_sources)
         if tb is not None:
             self._table_algorithm, self._table_index = tb.algorithm, index[tb.columns[0].lower()]
+            self._table_targets = {ds: _numbered_targets(tb.algorithm, tables) for ds, tables in self._tables.items()}
 
     def node(self, values: Sequence[Any]) -> Any:
         """The DataNode for these literal values, or None when the full path must decide."""
@@ -322,12 +330,24 @@ class PointShape:
         db_algorithm = self._db_algorithm
         assert db_algorithm is not None
         try:
-            ds = db_algorithm.shard(self.rule.data_sources, values[self._db_index])
+            value = values[self._db_index]
+            db_targets = self._db_targets
+            ds = db_algorithm.shard(self.rule.data_sources, value) if db_targets is None \
+                else db_targets.get(cast(IndexedAlgorithm, db_algorithm).index_of(value))
+            if ds is None:
+                return None
             tables = self._tables.get(ds)
             if tables is None:
                 return None
             table_algorithm = self._table_algorithm
-            table = tables[0] if table_algorithm is None else table_algorithm.shard(tables, values[self._table_index])
+            table: str | None = tables[0]
+            if table_algorithm is not None:
+                value = values[self._table_index]
+                table_targets = self._table_targets.get(ds)
+                table = table_algorithm.shard(tables, value) if table_targets is None \
+                    else table_targets.get(cast(IndexedAlgorithm, table_algorithm).index_of(value))
+                if table is None:
+                    return None
         except ShardingError:
             return None
         if table not in tables:
@@ -352,6 +372,22 @@ class PointShape:
         result = Plan(self.kind, [RouteUnit(node.data_source, sql)], write=self.kind != "select")
         result.locking = self.locking
         return result
+
+
+def _numbered_targets(algorithm: ShardingAlgorithm, targets: Sequence[str]) -> dict[int, str] | None:
+    """Each shard number's one target, for an algorithm that picks the target by number
+    (MOD, HASH_MOD, the ranges): its shard() then is a dictionary lookup. A number without
+    exactly one target is left out, for the general route to word. None: not such an
+    algorithm."""
+    if not isinstance(algorithm, IndexedAlgorithm) or algorithm.shard_count > _NUMBERED_TARGETS_MAX:
+        return None
+    found: dict[int, str] = {}
+    for number in range(algorithm.shard_count):
+        try:
+            found[number] = target_with_suffix(targets, number)
+        except NoTargetError:
+            pass
+    return found
 
 
 def point_shape(tree: exp.Expression, rules: Any, logical_db: str) -> PointShape | None:

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from conftest import shop_rules_offline
 from sharding import planner
-from sharding.plan_cache import PlanCache, _regex_split, _scan_literals, normalise
+from sharding.algorithms import create_algorithm
+from sharding.plan_cache import PlanCache, _numbered_targets, _regex_split, _scan_literals, normalise
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +215,13 @@ def test_a_refused_shape_is_refused_every_time(rules):
         with pytest.raises(ShardingError, match="not matched on sharding column"):
             cache.plan(f"SELECT o.order_id FROM t_order o JOIN t_order_item i ON o.order_id = i.order_id "
                        f"WHERE o.status = 'x{user}'", rules, "shop")
+
+
+def test_numbered_targets_map_each_shard_number_to_its_one_target():
+    """The direct route's lookup for MOD-like algorithms: a number with no target, or with
+    two, is left out, so the general route words its error."""
+    mod4 = create_algorithm("MOD", {"sharding_count": 4})
+    assert _numbered_targets(mod4, ["ds_0", "ds_1", "ds_2", "ds_3"]) == {0: "ds_0", 1: "ds_1", 2: "ds_2", 3: "ds_3"}
+    assert _numbered_targets(mod4, ["t_0", "t_2"]) == {0: "t_0", 2: "t_2"}
+    assert _numbered_targets(mod4, ["t_1", "u_1", "t_2"]) == {2: "t_2"}
+    assert _numbered_targets(create_algorithm("INLINE", {"algorithm-expression": "t_${id % 2}"}), ["t_0", "t_1"]) is None
