@@ -63,6 +63,10 @@ BACKEND_STATEMENTS = Counter("dbmesh_backend_statements_total",
                              "Commands sent to a backend server", ["data_source", "role"])
 BACKEND_ERRORS = Counter("dbmesh_backend_errors_total",
                          "Backend commands answered with an error or lost", ["data_source", "role"])
+FAST_LANE_COMMANDS = Counter("dbmesh_fast_lane_commands_total",
+                             "COM_QUERY and COM_STMT_EXECUTE commands offered to the fast lane: served "
+                             "from the event loop's callbacks, or declined (the session's command loop "
+                             "serves them)", ["outcome"])
 # Each worker probes replicas itself: the worst lag any worker saw, and healthy only if every
 # worker has the replica in rotation.
 REPLICA_LAG = Gauge("dbmesh_replica_lag_seconds", "Seconds_Behind_Master at the last probe (-1: unknown)",

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import struct
 import unicodedata
+import urllib.request
 from decimal import Decimal
 from typing import Any
 
 import mysql.connector
 import pytest
 
-from conftest import sandbox_proxy_config, start_proxy, stop_proxy
+from conftest import free_port, sandbox_proxy_config, start_proxy, stop_proxy
 from dbmesh.backend.connection import BackendConnection
 from dbmesh.protocol.binary import decode_binary_row
 from dbmesh.protocol.constants import Command, FieldType
@@ -84,7 +86,10 @@ def _load(conn) -> None:
 def pair(sandbox, tmp_path_factory):
     """(connect to the plain database, connect through the proxy, the proxy)."""
     workdir = tmp_path_factory.mktemp("pr")
-    proxy = start_proxy(sandbox_proxy_config(sandbox, workdir, {LOGICAL: {"sharding": RULES}}), workdir)
+    config = sandbox_proxy_config(sandbox, workdir, {LOGICAL: {"sharding": RULES}})
+    config["metrics"] = {"host": "127.0.0.1", "port": free_port()}
+    proxy = start_proxy(config, workdir)
+    proxy.metrics_port = config["metrics"]["port"]
     info = sandbox.info()
     shard = info.shard("ds_0")
 
@@ -359,6 +364,56 @@ def test_point_reads_answer_whatever_their_string_literals_hold(pair, charset, n
             conn.close()
     assert answers[1] == answers[0]
     assert sum(1 for rows_found in answers[0] if rows_found) > len(answers[0]) // 2
+
+
+def _fast_lane_counts(proxy) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{proxy.metrics_port}/metrics", timeout=5).read().decode()
+    return {outcome: float(value) for outcome, value in
+            re.findall(r'dbmesh_fast_lane_commands_total\{outcome="(\w+)"\} ([0-9.e+]+)', text)}
+
+
+def test_sharded_point_reads_take_the_fast_lane(pair):
+    """Outside a transaction a known point shape, as text or prepared, is served from the
+    event loop's callbacks (dbmesh_fast_lane_commands_total); inside one the command loop
+    serves it. The answers are the same either way."""
+    plain, sharded, proxy = pair
+    conn = sharded()
+    try:
+        cur = conn.cursor()
+        ps = conn.cursor(prepared=True)
+        text_sql = "SELECT id, note FROM pr_item WHERE user_id = %s AND id = %s"
+        ps_sql = "SELECT id, note FROM pr_item WHERE user_id = ? AND id = ?"
+        rows = [(user, item) for item, user, *_ in ITEMS[:40]]
+        # First sights go to the command loop: a shape's planning, and the statement's
+        # preparation on each actual table (the lane executes only where it is prepared).
+        for args in rows:
+            cur.execute(text_sql, args)
+            cur.fetchall()
+            ps.execute(ps_sql, args)
+            ps.fetchall()
+        before = _fast_lane_counts(proxy)
+        outside = []
+        for args in rows:
+            cur.execute(text_sql, args)
+            outside.append(cur.fetchall())
+            ps.execute(ps_sql, args)
+            outside.append([tuple(r) for r in ps.fetchall()])
+        during = _fast_lane_counts(proxy)
+        conn.start_transaction()
+        inside = []
+        for args in rows:
+            cur.execute(text_sql, args)
+            inside.append(cur.fetchall())
+            ps.execute(ps_sql, args)
+            inside.append([tuple(r) for r in ps.fetchall()])
+        conn.commit()
+        after = _fast_lane_counts(proxy)
+    finally:
+        conn.close()
+    assert during["served"] - before.get("served", 0) == 2 * len(rows)
+    assert after["served"] == during["served"]
+    assert after["declined"] - during.get("declined", 0) >= 2 * len(rows)
+    assert inside == outside and sum(1 for found in outside if found) == len(outside)
 
 
 @pytest.mark.parametrize("sql", [

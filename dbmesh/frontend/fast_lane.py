@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 from sharding.errors import ShardingError
 
-from .. import errors
+from .. import errors, metrics
 from ..backend.connection import BackendConnection, framed
 from ..errors import ProxyError
 from ..protocol.binary import decode_params
@@ -47,6 +47,8 @@ _CURSOR_FLAGS: Final = 0x0F  # COM_STMT_EXECUTE flags asking for a cursor: the c
 _CLIENT_BUFFER_BACKLOG: Final = 65536
 _COM_QUERY: Final = bytes((Command.QUERY,))
 _NO_LONG_DATA: Final[dict[int, bytes]] = {}  # read only: the lane leaves statements with long data alone
+_SERVED: Final = metrics.tally(metrics.FAST_LANE_COMMANDS, "served")
+_DECLINED: Final = metrics.tally(metrics.FAST_LANE_COMMANDS, "declined")
 
 
 # What a fast-lane command needs: the backend connection, the wire bytes to send it, where
@@ -87,23 +89,23 @@ class FastLane:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
-        if len(data) < 5 or session.keep_for_statements \
-                or session.writer.transport.get_write_buffer_size() > _CLIENT_BUFFER_BACKLOG:
-            # Kept connections time out in the command loop's read; a full buffer needs its drain.
+        if len(data) < 5:
             return False
         command = data[4]
-        try:
-            if command == Command.STMT_EXECUTE:
-                route = self._execute(data)
-            elif command == Command.QUERY:
-                route = self._query(data)
-            else:
-                return False
-        except Exception:  # a bug here must not cost the client its connection
-            log.exception("session %d: fast lane declined a command after an error", session.connection_id)
+        if command != Command.STMT_EXECUTE and command != Command.QUERY:
             return False
+        route: _Route | None = None
+        # Kept connections time out in the command loop's read; a full buffer needs its drain.
+        if not session.keep_for_statements \
+                and session.writer.transport.get_write_buffer_size() <= _CLIENT_BUFFER_BACKLOG:
+            try:
+                route = self._execute(data) if command == Command.STMT_EXECUTE else self._query(data)
+            except Exception:  # a bug here must not cost the client its connection
+                log.exception("session %d: fast lane declined a command after an error", session.connection_id)
         if route is None:
+            _DECLINED.count += 1
             return False
+        _SERVED.count += 1
         conn, wire, sink, self.pool, self.wrote_to, self.replica = route
         self.command = data
         self.session.packets.seq = data[3]  # errors the session sends continue the command's sequence
