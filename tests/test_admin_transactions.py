@@ -314,6 +314,36 @@ def test_the_sweep_finishes_an_orphan_without_a_restart(sandbox, tmp_path_factor
         stop_proxy(proxy)
 
 
+def test_the_sweep_yields_to_clients_that_fill_the_pool(sandbox, tmp_path_factory):
+    """Clients holding every connection of the log data source's pool: the sweep waits for
+    the next round, logged at INFO (a warning only after a long run of such rounds), and
+    runs again once a connection is free (its count of deferred rounds starts over)."""
+    workdir = tmp_path_factory.mktemp("sweep-busy")
+    config = admin_config(sandbox, workdir, "sweepbusy", base_sweep_interval_s=0.3, base_orphan_age_s=60)
+    config["data_sources"]["ds_0"]["pool"] = {"max_size": 2, "acquire_timeout_s": 0.2}
+    config["databases"]["hold"] = {"data_source": "ds_0"}
+    proxy = start_proxy(config, workdir)
+    try:
+        for episode in (1, 2):
+            holders = [proxy.connect(database="hold") for _ in range(2)]
+            for conn in holders:
+                conn.begin()
+                conn.cursor().execute("SELECT 1")  # each keeps a ds_0 connection in its transaction
+            wait_until(lambda episode=episode: proxy.log().count("sweep deferred 2 time(s) in a row") == episode,
+                       what=f"two deferred sweeps (episode {episode})")
+            for conn in holders:
+                conn.commit()
+                conn.close()
+            time.sleep(1.0)  # a few sweeps with a free connection
+        log = proxy.log()
+        assert log.count("sweep deferred 1 time(s) in a row") == 2  # the second run started over
+        assert "BASE recovery sweep failed" not in log
+        assert " WARNING " not in log, log
+        assert proxy.alive()
+    finally:
+        stop_proxy(proxy)
+
+
 def test_the_sweep_outlives_a_lost_data_source(sandbox, tmp_path_factory):
     """ds_1 stops after both branches of a transfer committed, so its ROLLBACK fails; sweeps
     fail while ds_1 is down, and the first one after it is back compensates the transfer."""

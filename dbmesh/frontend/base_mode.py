@@ -24,12 +24,15 @@ from txn.sqltext import Statement
 
 from .. import metrics
 from ..backend.connection import BackendConnection, BackendError, QueryResult
-from ..errors import ProxyError
+from ..errors import ER_CON_COUNT_ERROR, ProxyError
 
 if TYPE_CHECKING:
     from .server import Server
 
 log = logging.getLogger("dbmesh.base")
+# Sweeps in a row that found a pool saturated, between two warnings: the sweep yields to the
+# clients, but is not starved unnoticed (at the default 30 s interval, a warning per 5 min).
+_SATURATED_ROUNDS_BEFORE_WARNING = 10
 
 
 class BaseState:
@@ -162,14 +165,23 @@ async def count_needs_attention(server: Server) -> dict[str, int]:
 
 async def sweep_forever(server: Server) -> None:
     """Now and again, finish transactions whose session went away without finishing them
-    (``transaction.base_sweep_interval_s``; idle for ``base_orphan_age_s``)."""
+    (``transaction.base_sweep_interval_s``; idle for ``base_orphan_age_s``). A sweep that
+    finds a pool saturated yields to the clients and waits for the next round; only a run of
+    such rounds is worth a warning."""
     settings = server.config.transaction
+    saturated_rounds = 0
     while True:
         await asyncio.sleep(settings.base_sweep_interval_s)
         try:
             counts = await recover(server, settings.base_orphan_age_s, server.base.xid_instance)
             await count_needs_attention(server)
         except (ProxyError, BackendError, OSError, ConnectionError, TimeoutError) as exc:
+            if isinstance(exc, ProxyError) and exc.code == ER_CON_COUNT_ERROR:
+                saturated_rounds += 1
+                level = logging.WARNING if saturated_rounds % _SATURATED_ROUNDS_BEFORE_WARNING == 0 else logging.INFO
+                log.log(level, "BASE recovery sweep deferred %d time(s) in a row, the pool busy with clients "
+                        "(%s); it runs again in %g s", saturated_rounds, exc, settings.base_sweep_interval_s)
+                continue
             # e.g. a participant's data source is down (ProxyError from its pool): try again later.
             log.warning("BASE recovery sweep failed (%s); it runs again in %g s", exc,
                         settings.base_sweep_interval_s)
@@ -177,5 +189,6 @@ async def sweep_forever(server: Server) -> None:
         except Exception:  # a sweep that died would leave orphans for good, silently
             log.exception("BASE recovery sweep failed; it runs again in %g s", settings.base_sweep_interval_s)
             continue
+        saturated_rounds = 0
         if any(counts.values()):
             log.info("BASE recovery sweep: %s", counts)
