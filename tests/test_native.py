@@ -37,15 +37,17 @@ def loaded_forms(tree: Path, **settings: str) -> tuple[dict[str, str], str]:
     return dict(line.split() for line in run.stdout.splitlines()), run.stderr
 
 
-def test_the_suite_runs_the_compiled_modules():
+def test_the_suite_runs_the_compiled_modules(proxy):
     """scripts/setup.sh builds them; the sidecar processes of this suite run them (unless the
-    run is the sources-only pass of scripts/test.sh)."""
+    run is the sources-only pass of scripts/test.sh), and a sidecar says at start which."""
     if os.environ.get("DBMESH_NATIVE") == "0":
         assert native.compiled_modules() == []
+        assert "hot-path modules run as Python sources" in proxy.log()
         return
     assert not native.stale_modules(), "compiled modules out of date: run python -m dbmesh native build"
     assert native.compiled_modules() == list(native.MODULES)
     assert native.status() == "hot-path modules compiled (mypyc)"
+    assert "INFO dbmesh.server hot-path modules compiled (mypyc)" in proxy.log()
 
 
 @pytest.fixture
