@@ -376,36 +376,30 @@ def test_sharded_point_reads_take_the_fast_lane(pair):
     """Outside a transaction a known point shape, as text or prepared, is served from the
     event loop's callbacks (dbmesh_fast_lane_commands_total); inside one the command loop
     serves it. The answers are the same either way."""
-    plain, sharded, proxy = pair
+    _, sharded, proxy = pair
+    rows = [(user, item) for item, user, *_ in ITEMS[:40]]
     conn = sharded()
+    cur = conn.cursor()
+    ps = conn.cursor(prepared=True)
+
+    def read_all() -> list[list[tuple]]:
+        answers = []
+        for args in rows:
+            cur.execute("SELECT id, note FROM pr_item WHERE user_id = %s AND id = %s", args)
+            answers.append(cur.fetchall())
+            ps.execute("SELECT id, note FROM pr_item WHERE user_id = ? AND id = ?", args)
+            answers.append([tuple(r) for r in ps.fetchall()])
+        return answers
+
     try:
-        cur = conn.cursor()
-        ps = conn.cursor(prepared=True)
-        text_sql = "SELECT id, note FROM pr_item WHERE user_id = %s AND id = %s"
-        ps_sql = "SELECT id, note FROM pr_item WHERE user_id = ? AND id = ?"
-        rows = [(user, item) for item, user, *_ in ITEMS[:40]]
         # First sights go to the command loop: a shape's planning, and the statement's
         # preparation on each actual table (the lane executes only where it is prepared).
-        for args in rows:
-            cur.execute(text_sql, args)
-            cur.fetchall()
-            ps.execute(ps_sql, args)
-            ps.fetchall()
+        read_all()
         before = _fast_lane_counts(proxy)
-        outside = []
-        for args in rows:
-            cur.execute(text_sql, args)
-            outside.append(cur.fetchall())
-            ps.execute(ps_sql, args)
-            outside.append([tuple(r) for r in ps.fetchall()])
+        outside = read_all()
         during = _fast_lane_counts(proxy)
         conn.start_transaction()
-        inside = []
-        for args in rows:
-            cur.execute(text_sql, args)
-            inside.append(cur.fetchall())
-            ps.execute(ps_sql, args)
-            inside.append([tuple(r) for r in ps.fetchall()])
+        inside = read_all()
         conn.commit()
         after = _fast_lane_counts(proxy)
     finally:
