@@ -346,6 +346,9 @@ def test_text_statements_with_raw_bytes_reach_the_shards_unchanged(pair):
     ("latin1", ["ÿ", "n1", "é@v", "n3", "ÿ"]),
 ])
 def test_point_reads_answer_whatever_their_string_literals_hold(pair, charset, notes):
+    """Sharded text point reads whose string literal holds what the statement checks look
+    for, or bytes that are not UTF-8, answer as one plain database does (a pinned statement
+    is refused on a sharded database, so a false pin would be an error here)."""
     plain, sharded, _ = pair
     sql = "SELECT id, note FROM pr_item WHERE user_id = %s AND id = %s AND note <> %s"
     rows = [(user, item) for item, user, *_ in ITEMS[:24]]
