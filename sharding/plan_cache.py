@@ -89,9 +89,12 @@ def _split(sql: str) -> list[str] | None:
 
 
 # A quoted string, or a number not glued to an identifier (t_order_1) or a qualifier; as the
-# separator of re.split: text, literal, text, literal, ..., text in one C call.
-_LITERAL_SPLIT = re.compile(r"('(?:[^'\\]|\\.|'')*'"
+# separator of re.split: text, literal, text, literal, ..., text in one C call. A string
+# left open runs to the end (\Z), so a long one is one match, not a scan to the end from
+# each of its quotes; _regex_split then refuses it, as the character scanner does.
+_LITERAL_SPLIT = re.compile(r"('(?:[^'\\]|\\.|'')*(?:'|\Z)"
                             r"|(?<![\w.`$@])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.`$]))", re.S)
+_CLOSED_STRING = re.compile(r"'(?:[^'\\]|\\.|'')*'", re.S)
 
 
 def _regex_split(sql: str) -> list[str] | None:
@@ -100,6 +103,8 @@ def _regex_split(sql: str) -> list[str] | None:
     pieces = _LITERAL_SPLIT.split(sql)
     if len(pieces) == 1:
         return None
+    if not pieces[-1] and pieces[-2][0] == "'" and not _CLOSED_STRING.fullmatch(pieces[-2]):
+        return None  # an unterminated string
     for i in range(1, len(pieces), 2):
         before = pieces[i - 1][-1:]
         if pieces[i][0] == "'" and (before.isalnum() or before == "_"):

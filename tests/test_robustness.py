@@ -425,6 +425,28 @@ def rb_proxy(sandbox_config: dict, tmp_path_factory: pytest.TempPathFactory) -> 
 # 1. Hostile and broken clients
 
 
+# Texts that a careless regular expression reads in quadratic time, each quote, comment or
+# hint opener starting a scan to the end of the text (at these sizes, minutes per statement
+# with the sidecar's event loop blocked): the server's error comes back at once.
+HARD_TO_SCAN = [  # (text, error code on a sharded database, where a user variable is refused)
+    (b"SELECT @v, c FROM t_order WHERE user_id = 1 AND status = '" + b"\\'" * 100_000, 1235),
+    (b"SELECT GET_LOCK FROM t_order WHERE user_id = 1 AND status = '" + b"\\'" * 100_000, 1064),
+    (b"SELECT c FROM t_order WHERE user_id = 1 /* dbmesh:" + b"/*dbmesh:" * 25_000, 1064),
+]
+
+
+def test_texts_that_are_hard_to_scan_get_an_error_and_the_session_survives(rb_proxy: Proxy) -> None:
+    with BackgroundTraffic(rb_proxy):
+        for database in ("demo", "shop"):
+            c = RawClient(rb_proxy)
+            c.login(database=database)
+            for sql, sharded_code in HARD_TO_SCAN:
+                err = c.expect_error(bytes((COM_QUERY,)) + sql)
+                assert err.code == (sharded_code if database == "shop" else 1064), err
+            assert c.query("SELECT 6 * 7") == [[b"42"]]
+    assert rb_proxy.alive()
+
+
 def test_garbage_handshakes_get_1043_or_clean_disconnect(rb_proxy: Proxy) -> None:
     with BackgroundTraffic(rb_proxy):
         # Too short to be a handshake response.

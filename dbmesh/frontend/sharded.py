@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
-from sqlglot.errors import ParseError
+from sqlglot.errors import ParseError, SqlglotError
 
 from sharding import planner
 from sharding.errors import ShardingError
@@ -77,7 +77,9 @@ class BinaryResult:
         self.encode_row = encode_row
 
 
-_HINT_COMMENT = re.compile(r"/\*\+?\s*dbmesh:(.*?)\*/", re.S)
+# A comment left open runs to the end (\Z) and is not a hint; without that, each of many
+# open ones would start a scan to the end.
+_HINT_COMMENT = re.compile(r"/\*\+?\s*dbmesh:(.*?)(\*/|\Z)", re.S)
 _HINT = re.compile(r"\b(db|table)_hint\s*=\s*('[^']*'|\"[^\"]*\"|[\w.-]+)", re.I)
 
 
@@ -95,11 +97,12 @@ def sharding_error(exc: ShardingError | str) -> ProxyError:
 def parse(sql: str) -> exp.Expression:
     try:
         tree = planner.parse_statement(sql)
-    except ParseError as exc:
-        first = exc.errors[0] if exc.errors else {}
+    except SqlglotError as exc:  # ParseError, or TokenError (e.g. a string left open)
+        first = exc.errors[0] if isinstance(exc, ParseError) and exc.errors else {}
         near = first.get("highlight") or ""
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ProxyError(1064, "42000", "You have an error in your SQL syntax (dbmesh could not parse it "
-                                        f"for sharding) near '{near}': {str(exc).splitlines()[0]}") from exc
+                                        f"for sharding) near '{near}': {reason}") from exc
     if tree is None:
         raise ProxyError(1065, "42000", "Query was empty")
     return tree
@@ -240,7 +243,9 @@ class ShardedExecutor:
             return planner.NO_HINTS  # the usual case, per statement
         found = dict(self.session.sharding_hints)
         if "dbmesh:" in sql:
-            for comment in _HINT_COMMENT.findall(sql):
+            for comment, closing in _HINT_COMMENT.findall(sql):
+                if not closing:
+                    continue  # left open: no hint
                 for kind, value in _HINT.findall(comment):
                     found[kind.lower()] = _hint_value(value)
         return planner.Hints(database=(found["db"],) if "db" in found else (),

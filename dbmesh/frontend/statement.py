@@ -76,7 +76,11 @@ _LOCKING_READ = re.compile(rb"\bFOR\s+UPDATE\b|\bLOCK\s+IN\s+SHARE\s+MODE\b|\bIN
 # Quoted strings and identifiers, and comments (a versioned /*! one never gets this far):
 # what the patterns above must not look into, or 'a@b.com' would read as a user variable.
 # A doubled quote inside ('it''s') reads as two strings next to each other, just as blank.
-_QUOTED_OR_COMMENT = re.compile(rb"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|/\*.*?\*/|(?:--\s|#)[^\n]*", re.S)
+# An unterminated one runs to the end (\Z): a text the server refuses anyway, and one pass over
+# it however it is cut (without that, each quote of a long unterminated string would start
+# a scan to the end).
+_QUOTED_OR_COMMENT = re.compile(rb"'(?:[^'\\]|\\.)*(?:'|\Z)|\"(?:[^\"\\]|\\.)*(?:\"|\Z)|`[^`]*(?:`|\Z)"
+                                rb"|/\*.*?(?:\*/|\Z)|(?:--\s|#)[^\n]*", re.S)
 
 
 def _code(sql: bytes) -> bytes:
