@@ -250,6 +250,10 @@ def test_only_admin_users_may_run_them(bank):
     ("SHOW DBMESH TRANSACTIONS LIMIT many", 1064, "a row count after LIMIT"),
     ("DBMESH RETRY TRANSACTION 'x'; SELECT 1", 1064, "one admin statement per query"),
     ("DBMESH FORGET TRANSACTION ''", 1525, "Incorrect xid value"),
+    ("DBMESH RETRY TRANSACTION 'dbmesh-x", 1064, "near ''dbmesh-x': expected the global transaction's xid"),
+    # Open quotes and comments, long: read in one pass (it was one scan to the end per opener).
+    ("DBMESH RETRY TRANSACTION /* x" + " /*" * 30_000, 1064, "expected the global transaction's xid"),
+    ("DBMESH RETRY TRANSACTION '" + "\\'" * 50_000, 1064, "expected the global transaction's xid"),
 ])
 def test_bad_statements_get_clear_errors(bank, sql, code, says):
     found, message = admin_error(bank, sql)

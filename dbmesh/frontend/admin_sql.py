@@ -46,6 +46,7 @@ AdminStatement = ShowTransactions | RetryTransaction | ForgetTransaction
 _TOKEN = re.compile(r"""
     (?P<space>\s+|/\*.*?\*/|(?:--\s|\#)[^\n]*)
   | (?P<string>'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*")
+  | (?P<open>(?:['"]|/\*).*)  # a quote or comment left open, to the end: a token no rule takes
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<number>\d+)
   | (?P<op><>|!=|=)
