@@ -92,9 +92,10 @@ def _split(sql: str) -> list[str] | None:
 # separator of re.split: text, literal, text, literal, ..., text in one C call. A string
 # left open runs to the end (\Z), so a long one is one match, not a scan to the end from
 # each of its quotes; _regex_split then refuses it, as the character scanner does.
-_LITERAL_SPLIT = re.compile(r"('(?:[^'\\]|\\.|'')*(?:'|\Z)"
+_STRING_OPENED: Final = r"'(?:[^'\\]|\\.|'')*"  # a quote and the string's text, not its closing quote
+_LITERAL_SPLIT = re.compile(r"(" + _STRING_OPENED + r"(?:'|\Z)"
                             r"|(?<![\w.`$@])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.`$]))", re.S)
-_CLOSED_STRING = re.compile(r"'(?:[^'\\]|\\.|'')*'", re.S)
+_CLOSED_STRING = re.compile(_STRING_OPENED + "'", re.S)
 
 
 def _regex_split(sql: str) -> list[str] | None:
