@@ -4,10 +4,12 @@ proxies started as real processes (``python -m dbmesh run``) on free ports."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,13 @@ def stop_proxy(proxy: Proxy) -> None:
     except subprocess.TimeoutExpired:
         proxy.process.kill()
         proxy.process.wait()
+
+
+def fast_lane_counts(metrics_port: int) -> dict[str, float]:
+    """dbmesh_fast_lane_commands_total by outcome (served, declined) from a proxy's metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return {outcome: float(value) for outcome, value in
+            re.findall(r'dbmesh_fast_lane_commands_total\{outcome="(\w+)"\} ([0-9.e+]+)', text)}
 
 
 def run_on(sandbox: sandbox_mod.Sandbox, server: str, database: str | None, *statements: str) -> list[tuple]:

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import re
 import struct
 import unicodedata
-import urllib.request
 from decimal import Decimal
 from typing import Any
 
 import mysql.connector
 import pytest
 
-from conftest import free_port, sandbox_proxy_config, start_proxy, stop_proxy
+from conftest import fast_lane_counts, free_port, sandbox_proxy_config, start_proxy, stop_proxy
 from dbmesh.backend.connection import BackendConnection
 from dbmesh.protocol.binary import decode_binary_row
 from dbmesh.protocol.constants import Command, FieldType
@@ -369,12 +367,6 @@ def test_point_reads_answer_whatever_their_string_literals_hold(pair, charset, n
     assert sum(1 for rows_found in answers[0] if rows_found) > len(answers[0]) // 2
 
 
-def _fast_lane_counts(proxy) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{proxy.metrics_port}/metrics", timeout=5).read().decode()
-    return {outcome: float(value) for outcome, value in
-            re.findall(r'dbmesh_fast_lane_commands_total\{outcome="(\w+)"\} ([0-9.e+]+)', text)}
-
-
 def test_sharded_point_reads_take_the_fast_lane(pair):
     """Outside a transaction a known point shape, as text or prepared, is served from the
     event loop's callbacks (dbmesh_fast_lane_commands_total); inside one the command loop
@@ -398,13 +390,13 @@ def test_sharded_point_reads_take_the_fast_lane(pair):
         # First sights go to the command loop: a shape's planning, and the statement's
         # preparation on each actual table (the lane executes only where it is prepared).
         read_all()
-        before = _fast_lane_counts(proxy)
+        before = fast_lane_counts(proxy.metrics_port)
         outside = read_all()
-        during = _fast_lane_counts(proxy)
+        during = fast_lane_counts(proxy.metrics_port)
         conn.start_transaction()
         inside = read_all()
         conn.commit()
-        after = _fast_lane_counts(proxy)
+        after = fast_lane_counts(proxy.metrics_port)
     finally:
         conn.close()
     assert during["served"] - before.get("served", 0) == 2 * len(rows)

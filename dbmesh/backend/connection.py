@@ -252,6 +252,7 @@ class BackendConnection:
         self.database: str | None = None
         self.autocommit = True
         self.in_transaction = False
+        self.warnings = 0  # reported by the last response
         self.session_vars: tuple[str, ...] = ()
         self.prepared: OrderedDict[tuple[str | None, bytes], BackendStatement] = OrderedDict()
 
@@ -388,11 +389,7 @@ class BackendConnection:
             self._protocol.relay = None
         self.response_started = relay.started
         if exc is None:
-            scanner = relay.scanner
-            if scanner.status_seen:
-                status = scanner.status
-                self.in_transaction = bool(status & ServerStatus.IN_TRANS)
-                self.autocommit = bool(status & ServerStatus.AUTOCOMMIT)
+            self._track(relay.scanner)
         else:
             self.broken = True
             self._errors.count += 1
@@ -450,6 +447,7 @@ class BackendConnection:
         return split_payloads(b"".join(chunks)), scanner
 
     def _track(self, scanner: ResponseScanner) -> None:
+        self.warnings = scanner.warnings
         if scanner.status_seen:
             status = scanner.status
             self.in_transaction = bool(status & ServerStatus.IN_TRANS)

@@ -196,8 +196,9 @@ class FastLane:
         executor = session.sharded
         sql = data[5:]
         database = session.database
+        diagnostics = executor.diagnostics
         if executor.in_transaction or not session.autocommit or session.sharding_hints or sql.find(b"dbmesh:") >= 0 \
-                or database is None or session.shadow_engaged():
+                or database is None or diagnostics.pending is not None or session.shadow_engaged():
             return None
         try:
             text = sql.decode()
@@ -215,7 +216,8 @@ class FastLane:
                         return None
                     point.text_checked = True
             else:
-                if not _plain_read(sql):
+                # @@warning_count and the like: the session's diagnostics answer them
+                if not _plain_read(sql) or sql.find(b"@@") >= 0:
                     return None
                 plan = plan_cache.plan(text, executor.rules, database)
                 if plan is None or len(plan.units) != 1 or plan.kind != "select" or plan.locking \
@@ -232,6 +234,7 @@ class FastLane:
         if conn is None:
             return None
         wire = framed(_COM_QUERY + actual_sql.encode(), 0)  # strict UTF-8 text in, so strict out
+        diagnostics.clear()  # a new statement
         return conn, wire, target.sink(), pool, None, None
 
     def _sharded_point_execute(self, data: bytes, stmt: ClientStatement) -> _Route | None:
@@ -243,7 +246,9 @@ class FastLane:
         if info is None or database is None:
             return None
         point = info.point
-        if point is None or info.control is not None or session.sharded.in_transaction or not session.autocommit:
+        executor = session.sharded
+        if point is None or info.control is not None or executor.in_transaction or not session.autocommit \
+                or executor.diagnostics.pending is not None:
             return None
         if session.shadow_engaged():
             return None
@@ -278,6 +283,7 @@ class FastLane:
             return None
         conn.prepared.move_to_end((conn.database, sql))
         stmt.param_types = param_types
+        executor.diagnostics.clear()  # a new statement
         wrote_to = None if point.kind == "select" else node.data_source
         return conn, framed(packet, 0), target.sink(), pool, wrote_to, None
 
@@ -370,11 +376,17 @@ class FastLane:
         session = self.session
         pool, self.pool = self.pool, None
         assert pool is not None
-        pool.release(conn)  # a broken one is closed
+        if exc is None and scanner.warnings:
+            session.sharded.diagnostics.read_later(conn, pool)  # then gives the connection back
+        else:
+            pool.release(conn)  # a broken one is closed
         if exc is not None:
             self._log_unexpected(exc)
             session.send_error(errors.backend_lost(conn.data_source, conn.address))
             return
+        error = scanner.error
+        if error is not None:
+            session.sharded.diagnostics.error(error.code, error.message)
         if scanner.status_seen:
             session.autocommit = bool(scanner.status & ServerStatus.AUTOCOMMIT)
         if self.wrote_to is not None:

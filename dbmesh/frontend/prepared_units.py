@@ -85,7 +85,8 @@ async def _relay_one(session: Session, stmt: ClientStatement, payload: bytes, da
         if backend is None:
             return  # the backend refused to prepare it: its error went to the client
         sink = logical_sink(session.writer, session.config, session.database, data_source)
-        await conn.relay(execute_packet(session, stmt, payload, backend), ResponseKind.RESULT, sink)
+        scanner = await conn.relay(execute_packet(session, stmt, payload, backend), ResponseKind.RESULT, sink)
+        await executor.diagnostics.after_relay(conn, scanner)
         if write:
             session.last_write_at[data_source] = time.monotonic()
     except (ConnectionError, OSError) as exc:
@@ -142,6 +143,7 @@ async def backend_statement(session: Session | None, conn: BackendConnection, sq
         if session is None:
             raise BackendError(scanner.error)
         session.send(payloads[0])
+        session.sharded.diagnostics.error(scanner.error.code, scanner.error.message)
         return None
     conn.prepared[key] = found = BackendStatement(scanner.stmt_id, scanner.num_params, scanner.num_columns)
     while len(conn.prepared) > PREPARED_PER_BACKEND:

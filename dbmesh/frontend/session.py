@@ -143,10 +143,11 @@ class Session:
             status |= ServerStatus.IN_TRANS
         return status
 
-    def send_ok(self, affected_rows: int = 0, last_insert_id: int = 0) -> None:
-        self.send(ok_packet(affected_rows, last_insert_id, self.status_flags()))
+    def send_ok(self, affected_rows: int = 0, last_insert_id: int = 0, warnings: int = 0) -> None:
+        self.send(ok_packet(affected_rows, last_insert_id, self.status_flags(), warnings))
 
     def send_error(self, error: ProxyError) -> None:
+        self.sharded.diagnostics.error(error.code, error.message)  # SHOW ERRORS on a sharded database
         self.send(error.packet())
 
     def send_result(self, columns: list[Column], rows: list[list[object]]) -> None:
@@ -465,6 +466,7 @@ class Session:
                              f"Cannot switch to database '{name}': it lives on another data source and "
                              "this session holds a transaction or session state; commit or reset first")
         self.database = name
+        self.sharded.diagnostics.clear()
         if self.held is not None and self.config.data_source_for(name).name != self.held.data_source:
             self._return_held(force=True)
 
@@ -514,6 +516,11 @@ class Session:
             self.shadow.set_flag(statement.session_set[1])
             return
         if self._is_sharded():
+            diagnostics = self.sharded.diagnostics
+            await diagnostics.settle()
+            if (statement.diagnostics or b"@@" in sql) and diagnostics.answer(self, sql):
+                return
+            diagnostics.clear()
             if statement.session_set or statement.pin_reason:
                 await self._sharded_session_statement(payload, statement)
             else:

@@ -36,6 +36,7 @@ from ..protocol.packets import Column, Field, column_definition, eof_packet, len
 from ..protocol.resultset import ResultRows, result_rows
 from ..protocol.scanner import ResponseKind
 from ..protocol.textvalues import collation_of, encode_row, row_decoder
+from .diagnostics import Diagnostics
 from .transactions import GlobalTransaction
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class ShardedExecutor:
         self.conns: dict[str, tuple[BackendConnection, Pool]] = {}
         # The statement running now is a plain read that replicas may serve.
         self.reading = False
+        self.diagnostics = Diagnostics()  # of the last statement: SHOW WARNINGS / SHOW ERRORS
 
     @property
     def rules(self) -> ShardingRuleSet:
@@ -167,6 +169,7 @@ class ShardedExecutor:
 
     async def close(self) -> None:
         """Session end: roll back an open transaction and return everything."""
+        await self.diagnostics.settle()
         if self.in_transaction:
             branches = {ds: conn for ds, (conn, _) in self.conns.items()}
             self.in_transaction = False
@@ -290,6 +293,7 @@ class ShardedExecutor:
             conn.broken = True
             self.release(force=True)
             raise errors.backend_lost(unit.data_source, conn.address) from exc
+        await self.diagnostics.after_relay(conn, scanner)
         if scanner.status_seen and not self.in_transaction:
             session.autocommit = bool(scanner.status & 0x0002)
 
@@ -307,6 +311,8 @@ class ShardedExecutor:
             conn = self.conns[ds][0]
             for i in indexes:
                 results[i] = await conn.query(units[i].sql)
+                if conn.warnings:
+                    await self.diagnostics.read(conn)
 
         try:
             await asyncio.gather(*(run_source(ds, ix) for ds, ix in by_source.items()))
@@ -326,7 +332,7 @@ class ShardedExecutor:
         else:
             affected = sum(r.affected_rows for r in results)
         last_id = plan.last_insert_id or next((r.last_insert_id for r in results if r.last_insert_id), 0)
-        self.session.send_ok(affected_rows=affected, last_insert_id=last_id)
+        self.session.send_ok(affected_rows=affected, last_insert_id=last_id, warnings=self.diagnostics.count)
 
     async def _write_results(self, plan: planner.Plan) -> list[QueryResult]:
         """Run a write's units; in BASE mode with their undo images (see txn/base_coordinator.py)."""
@@ -374,6 +380,8 @@ class ShardedExecutor:
             conn = self.conns[ds][0]
             for i in indexes:
                 results[i] = await command(conn, units[i])
+                if conn.warnings:
+                    await self.diagnostics.read(conn)
 
         # The first data source runs in this task, the others in tasks of their own (no gather).
         (first, first_indexes), *others = by_source.items()
@@ -448,7 +456,9 @@ class ShardedExecutor:
         if not session.deprecate_eof:
             payloads.append(eof_packet(status))
         payloads.extend(rows if encode is None else (encode(row) for row in rows))
-        payloads.append(ok_packet(status=status, eof_header=True) if session.deprecate_eof else eof_packet(status))
+        warnings = self.diagnostics.count  # of every shard's part
+        payloads.append(ok_packet(status=status, warnings=warnings, eof_header=True) if session.deprecate_eof
+                        else eof_packet(status, warnings))
         session.send(*payloads)
 
     # -- transactions -----------------------------------------------------------------

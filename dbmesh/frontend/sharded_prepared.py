@@ -126,6 +126,8 @@ def _prepare_control(session: Session, payload: bytes, sql: str) -> None:
 
 async def execute(session: Session, stmt: ClientStatement, payload: bytes) -> None:
     info = stmt.sharded
+    await session.sharded.diagnostics.settle()
+    session.sharded.diagnostics.clear()
     if info.control is not None:
         await session.sharded.query(info.control)
         return
@@ -179,11 +181,13 @@ async def _execute_on_backend(session: Session, unit: planner.RouteUnit) -> None
                                                ResponseKind.PREPARE)
         if scanner.error is not None:
             session.send(payloads[0])
+            executor.diagnostics.error(scanner.error.code, scanner.error.message)
             return
         backend_id = scanner.stmt_id
         execute_packet = bytes((Command.STMT_EXECUTE,)) + struct.pack("<IBI", backend_id, 0, 1)
-        await conn.relay(execute_packet, ResponseKind.RESULT,
-                         logical_sink(session.writer, session.config, session.database, unit.data_source))
+        scanner = await conn.relay(execute_packet, ResponseKind.RESULT,
+                                   logical_sink(session.writer, session.config, session.database, unit.data_source))
+        await executor.diagnostics.after_relay(conn, scanner)
         conn.close_statement(backend_id)
     finally:
         executor.release()
@@ -213,8 +217,10 @@ async def _execute_point(session: Session, stmt: ClientStatement, payload: bytes
             return True  # the backend refused to prepare it: its error went to the client
         if backend.num_params != stmt.num_params:
             return False
-        await conn.relay(prepared_units.execute_packet(session, stmt, payload, backend), ResponseKind.RESULT,
-                         logical_sink(session.writer, session.config, session.database, node.data_source))
+        scanner = await conn.relay(prepared_units.execute_packet(session, stmt, payload, backend),
+                                   ResponseKind.RESULT,
+                                   logical_sink(session.writer, session.config, session.database, node.data_source))
+        await executor.diagnostics.after_relay(conn, scanner)
         if point.kind != "select":
             session.last_write_at[node.data_source] = time.monotonic()
     finally:
