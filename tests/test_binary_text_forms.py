@@ -4,6 +4,7 @@ from a real MariaDB with COM_QUERY (text rows) and with COM_STMT_EXECUTE (binary
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import struct
 
 import pytest
@@ -13,7 +14,7 @@ from dbmesh.protocol.binary import text_form_decoder
 from dbmesh.protocol.constants import Command, FieldType
 from dbmesh.protocol.resultset import result_rows
 from dbmesh.protocol.scanner import ResponseKind
-from dbmesh.protocol.textvalues import row_decoder
+from dbmesh.protocol.textvalues import RawTime, encode_value, row_decoder
 
 DB = "binary_forms"
 TABLE = f"""CREATE TABLE {DB}.t (
@@ -87,6 +88,17 @@ def test_binary_rows_decode_to_the_text_protocols_values(both_protocols):
                 assert float(f"{b:.6g}") == a, (field.name, a, b)
             else:
                 assert (isinstance(a, float) or type(a) is type(b)) and a == b, (field.name, a, b)
+            if isinstance(a, RawTime):
+                assert a.raw == b.raw, (field.name, a.raw, b.raw)  # sent back as the server wrote it
+
+
+def test_time_values_order_as_durations_and_keep_their_text():
+    texts = ["100:00:00", "99:59:59.5", "-00:00:01.5", "-838:59:59", "00:00:00", "-00:00:00.25", "02:03:04.000100"]
+    ordered = sorted(RawTime(t) for t in texts)
+    assert [t.raw for t in ordered] == ["-838:59:59", "-00:00:01.5", "-00:00:00.25", "00:00:00", "02:03:04.000100",
+                                        "99:59:59.5", "100:00:00"]
+    assert RawTime("-00:00:00.25") == dt.timedelta(microseconds=-250000)
+    assert [encode_value(RawTime(t)) for t in texts] == [encode_value(t) for t in texts]
 
 
 def test_the_first_columns_decode_alone(both_protocols):

@@ -51,8 +51,8 @@ ITEMS = [(i, (i * 7) % 13, GROUPS[i % len(GROUPS)],
           None if i % 11 == 0 else Decimal(i * 37 % 1000) / 4,
           None if i % 9 == 0 else (i % 17) * 1.1,
           None if i % 10 == 0 else BASE + dt.timedelta(hours=i * 5, microseconds=i * 1001),
-          # TIME: non-negative, below 100 h (the merge compares TIME as text, see textvalues.py)
-          None if i % 8 == 0 else dt.timedelta(hours=i % 30, minutes=i % 60),
+          # TIME from -120 h to 180 h: as text, negative and 3-digit hours would sort wrong
+          None if i % 8 == 0 else dt.timedelta(hours=(i * 37) % 300 - 120, minutes=i % 60),
           None if i % 6 == 0 else bytes([i % 4, 255 - i % 3]),
           None if i % 4 == 0 else f"n{i % 5}")
          for i in range(1, 131)]
@@ -183,6 +183,29 @@ READS = [
     ("SELECT COUNT(*) FROM pr_item WHERE user_id IN (?, ?, ?)", [(1, 2, 3), (3, 3, None), (None, None, None)],
      True, False),
 ]
+
+
+# TIME compares as a duration, also with a literal in HAVING (a string, or a number as HHMMSS)
+TIME_READS = [
+    "SELECT id, t FROM pr_item ORDER BY t DESC, id LIMIT 20",
+    "SELECT MIN(t), MAX(t), COUNT(t) FROM pr_item",
+    "SELECT grp, MIN(t), MAX(t) FROM pr_item GROUP BY grp HAVING MAX(t) > '100:00:00' ORDER BY grp",
+    "SELECT user_id, MIN(t) FROM pr_item GROUP BY user_id HAVING MIN(t) < -500000 ORDER BY MIN(t), user_id",
+    "SELECT DISTINCT t FROM pr_item WHERE t < '-60:00:00' ORDER BY t",
+]
+
+
+@pytest.mark.parametrize("sql", TIME_READS)
+def test_time_values_merge_as_durations(pair, sql):
+    plain, sharded, _ = pair
+    conns = plain(), sharded()
+    try:
+        for prepared in (False, True):
+            expected, got = (_answer(conn.cursor(prepared=prepared), sql, (), True, True) for conn in conns)
+            assert got == expected and expected[1], (sql, prepared)
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 @pytest.mark.parametrize("sql,args_list,ordered,ci", READS, ids=[r[0][:60] for r in READS])

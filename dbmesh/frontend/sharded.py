@@ -15,6 +15,8 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
@@ -35,7 +37,7 @@ from ..protocol.constants import COLLATION_BINARY, Command, FieldFlag, FieldType
 from ..protocol.packets import Column, Field, column_definition, eof_packet, lenenc_int, ok_packet
 from ..protocol.resultset import ResultRows, result_rows
 from ..protocol.scanner import ResponseKind
-from ..protocol.textvalues import collation_of, encode_row, row_decoder
+from ..protocol.textvalues import RawTime, collation_of, encode_row, row_decoder
 from .diagnostics import Diagnostics
 from .transactions import GlobalTransaction
 
@@ -609,6 +611,10 @@ def _having(spec: planner.SelectMerge, at: Callable[[int], int],
     def compare(op: Callable[[Any, Any], Any], a: Any, b: Any, coll: str | None) -> Any:
         if a is None or b is None:
             return None
+        if isinstance(a, RawTime) != isinstance(b, RawTime):  # MySQL compares TIME with a value as TIME
+            a, b = _as_time(a), _as_time(b)
+            if a is None or b is None:
+                return None
         if isinstance(a, str) and isinstance(b, str):
             return op(mysql_sort_key(a, coll), mysql_sort_key(b, coll))
         if isinstance(a, str) != isinstance(b, str):  # MySQL compares a string with a number as numbers
@@ -668,6 +674,24 @@ def _having(spec: planner.SelectMerge, at: Callable[[int], int],
     return lambda row: bool(value(expression, row))
 
 
+def _as_time(value: Any) -> timedelta | None:
+    """``value`` as a TIME: a string in TIME's text form, a number as [-]HHMMSS; None when it
+    is neither (MySQL would warn and compare with something made up)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, str):
+        try:
+            return RawTime(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, (int, Decimal)):
+        sign = -1 if value < 0 else 1
+        whole = int(abs(value))
+        return sign * timedelta(hours=whole // 10000, minutes=whole // 100 % 100, seconds=whole % 100,
+                                microseconds=int(abs(value) % 1 * 1_000_000))
+    return None
+
+
 def _as_number(value: Any) -> Any:
     if not isinstance(value, str):
         return value
@@ -676,7 +700,6 @@ def _as_number(value: Any) -> Any:
 
 
 def _number(text: str) -> Any:
-    from decimal import Decimal
     try:
         return int(text)
     except ValueError:

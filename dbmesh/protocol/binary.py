@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from .constants import COLLATION_BINARY, FieldFlag, FieldType
 from .packets import Field, MalformedPacket, lenenc_str, read_lenenc_str
+from .textvalues import RawTime
 
 _UNSIGNED_PARAM: Final = 0x80  # high byte of a parameter type: unsigned
 
@@ -221,7 +222,7 @@ def _datetime_text(buf: bytes, pos: int, ftype: int, decimals: int) -> tuple[str
     return text, pos + 1 + length
 
 
-def _time_text(buf: bytes, pos: int, decimals: int) -> tuple[str, int]:
+def _time_text(buf: bytes, pos: int, decimals: int) -> tuple[RawTime, int]:
     length = buf[pos]
     negative = days = hour = minute = second = micro = 0
     if length >= 8:
@@ -229,7 +230,7 @@ def _time_text(buf: bytes, pos: int, decimals: int) -> tuple[str, int]:
     if length >= 12:
         micro = struct.unpack_from("<I", buf, pos + 9)[0]
     text = f"{'-' if negative else ''}{days * 24 + hour:02d}:{minute:02d}:{second:02d}" + _fraction(micro, decimals)
-    return text, pos + 1 + length
+    return RawTime(text), pos + 1 + length
 
 
 def _encode_value(value: Any, field: Field) -> bytes:

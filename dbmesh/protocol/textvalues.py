@@ -1,13 +1,15 @@
 """Text-protocol values <-> Python values, for rows the sidecar must merge.
 
 Decoding keeps what comparison needs (numbers as numbers, strings as text under the
-column's collation) and encoding gives back the bytes MySQL would have sent: floats keep
-their original text, temporal values stay in MySQL's own text form.
+column's collation, TIME as a duration) and encoding gives back the bytes MySQL would have
+sent: floats and TIME values keep their original text, the other temporal values stay in
+MySQL's own text form (which sorts as they do).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +36,26 @@ class RawFloat(float):
         return value
 
 
+class RawTime(timedelta):
+    """A TIME value: compares as the signed duration it is, and remembers the server's text
+    for it, sent back unchanged. (As text, '-01:00:00' would sort after '00:30:00' and
+    '100:00:00' before '99:00:00'.)"""
+
+    __slots__ = ("raw",)
+
+    def __new__(cls, raw: bytes | str) -> RawTime:
+        text = raw.decode("ascii") if isinstance(raw, bytes) else raw
+        hours, minutes, seconds = text.lstrip("-").split(":")
+        whole, _, fraction = seconds.partition(".")
+        micro = ((int(hours) * 60 + int(minutes)) * 60 + int(whole)) * 1_000_000 + int(fraction.ljust(6, "0")[:6] or 0)
+        value = super().__new__(cls, microseconds=-micro if text.startswith("-") else micro)
+        value.raw = text
+        return value
+
+    def __str__(self) -> str:
+        return self.raw
+
+
 def decoder_for(field: Field):
     ftype = field.type
     if ftype in _INTEGER_TYPES:
@@ -42,8 +64,10 @@ def decoder_for(field: Field):
         return lambda raw: Decimal(raw.decode("ascii"))
     if ftype in _FLOAT_TYPES:
         return RawFloat
+    if ftype == FieldType.TIME:
+        return RawTime
     if ftype in _TEMPORAL_TYPES or field.charset == COLLATION_BINARY:
-        # Temporal text sorts correctly as text (except negative TIME); binary stays bytes.
+        # Dates and datetimes sort correctly as text; binary stays bytes.
         return (lambda raw: raw.decode("ascii")) if ftype in _TEMPORAL_TYPES else bytes
     return lambda raw: raw.decode("utf-8", "surrogateescape")
 
@@ -83,6 +107,8 @@ def encode_value(value: Any) -> bytes:
         return b"\xfb"
     if isinstance(value, RawFloat):
         return lenenc_str(value.raw)
+    if isinstance(value, RawTime):
+        return lenenc_str(value.raw.encode("ascii"))
     if isinstance(value, bytes):
         return lenenc_str(value)
     if isinstance(value, str):
