@@ -135,9 +135,11 @@ class TransactionConfig:
 class TransactionRecoveryConfig:
     """Server-wide (top-level ``transaction``): the BASE recovery sweep of a running sidecar
     finishes, every ``base_sweep_interval_s``, the transactions idle for ``base_orphan_age_s``
-    that no session of the process drives."""
+    that no session of the process drives; the XA sweep, every ``xa_sweep_interval_s``, the
+    prepared branches of XA transactions no session of the process drives."""
     base_sweep_interval_s: float = 30.0
     base_orphan_age_s: float = 60.0
+    xa_sweep_interval_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -429,7 +431,7 @@ def _parse_transaction(raw: Any, path: str, data_sources: dict[str, DataSourceCo
                                                                   d.lock_wait_timeout_s))
 
 
-_RECOVERY_KEYS = ("base_sweep_interval_s", "base_orphan_age_s")
+_RECOVERY_KEYS = ("base_sweep_interval_s", "base_orphan_age_s", "xa_sweep_interval_s")
 
 
 def _parse_transaction_recovery(raw: Any) -> TransactionRecoveryConfig:
@@ -440,14 +442,18 @@ def _parse_transaction_recovery(raw: Any) -> TransactionRecoveryConfig:
                     if key in ("mode", "log_data_source", "base_isolation", "lock_wait_timeout_s") else "")
             raise ConfigError(f"transaction.{key}", f"unknown key; expected one of {list(_RECOVERY_KEYS)}{hint}")
     d = TransactionRecoveryConfig()
-    interval = _float(section, "base_sweep_interval_s", "transaction", d.base_sweep_interval_s)
-    if interval < 0.1:
-        raise ConfigError("transaction.base_sweep_interval_s",
-                          f"must be at least 0.1 (seconds between sweeps; each one queries every log data "
-                          f"source), got {interval:g}")
     return TransactionRecoveryConfig(
-        base_sweep_interval_s=interval,
-        base_orphan_age_s=_float(section, "base_orphan_age_s", "transaction", d.base_orphan_age_s))
+        base_sweep_interval_s=_sweep_interval(section, "base_sweep_interval_s", d.base_sweep_interval_s),
+        base_orphan_age_s=_float(section, "base_orphan_age_s", "transaction", d.base_orphan_age_s),
+        xa_sweep_interval_s=_sweep_interval(section, "xa_sweep_interval_s", d.xa_sweep_interval_s))
+
+
+def _sweep_interval(section: dict[str, Any], key: str, default: float) -> float:
+    interval = _float(section, key, "transaction", default)
+    if interval < 0.1:
+        raise ConfigError(f"transaction.{key}", f"must be at least 0.1 (seconds between sweeps; each one queries "
+                                                f"data sources), got {interval:g}")
+    return interval
 
 
 def _parse_sharding(raw: Any, path: str, data_sources: dict[str, DataSourceConfig]) -> Any:

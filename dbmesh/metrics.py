@@ -127,5 +127,6 @@ BASE_RETRIES = Counter("dbmesh_base_statement_retries_total",
                        "BASE statements run again: a row held by another global transaction, or a deadlock",
                        ["database", "reason"])
 TRANSACTIONS_RECOVERED = Counter("dbmesh_transactions_recovered_total",
-                                 "Transactions a recovery finished (at start or by the BASE sweep)",
+                                 "BASE transactions or prepared XA branches a recovery finished (at start or by "
+                                 "a sweep)",
                                  ["mode", "outcome"])

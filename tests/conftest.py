@@ -78,8 +78,9 @@ class Proxy:
         return self.process.poll() is None
 
 
-def start_proxy(config: dict, workdir: Path) -> Proxy:
-    """Write ``config`` (with a free listen port) and start a proxy process on it."""
+def start_proxy(config: dict, workdir: Path, env: dict[str, str] | None = None) -> Proxy:
+    """Write ``config`` (with a free listen port) and start a proxy process on it, with
+    ``env`` added to its environment."""
     port = free_port()
     config = dict(config)
     config["listen"] = {**config.get("listen", {}), "host": "127.0.0.1", "port": port}
@@ -87,9 +88,9 @@ def start_proxy(config: dict, workdir: Path) -> Proxy:
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     log_path = workdir / f"dbmesh-{port}.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "dbmesh", "run", "-c", str(config_path)],
-                               stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                               stdout=log_file, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, cwd=ROOT)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -110,6 +111,13 @@ def stop_proxy(proxy: Proxy) -> None:
     except subprocess.TimeoutExpired:
         proxy.process.kill()
         proxy.process.wait()
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 def fast_lane_counts(metrics_port: int) -> dict[str, float]:

@@ -9,7 +9,7 @@ import time
 import pymysql
 import pytest
 
-from conftest import free_port, sandbox_proxy_config, start_proxy, stop_proxy
+from conftest import free_port, sandbox_proxy_config, start_proxy, stop_proxy, wait_until
 from dbmesh.config import ConfigError, parse_config
 from test_transactions import INITIAL, balances, run_crashing_transfer, transfer
 from test_transactions_base import ORDER_RULES, create_tables, metric, wait_clean
@@ -118,13 +118,6 @@ def orphan_by_lock_timeout(proxy, sandbox) -> None:
             # Nothing undone (a sweep already at it waits for the row lock, uncommitted).
             assert balances(sandbox) == (INITIAL - 100, INITIAL + 100)
             other.rollback()
-
-
-def wait_until(condition, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 # -- the admin statements -----------------------------------------------------------------------

@@ -43,12 +43,12 @@ def new_xid(instance_id: str) -> str:
     return f"dbmesh-{instance_id}-{uuid.uuid4().hex}"
 
 
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def branch_id(xid: str, data_source: str) -> str:
-    return f"{_quote(xid)},{_quote(data_source)}"
+    return f"{quote(xid)},{quote(data_source)}"
 
 
 async def start(conn: Branch, xid: str, data_source: str) -> None:
@@ -65,6 +65,7 @@ async def rollback(branches: Mapping[str, Branch], xid: str) -> list[str]:
                 await conn.query(f"XA END {bid}")
             except Exception:  # noqa: BLE001 - already ended (e.g. after a failed PREPARE)
                 pass
+            failpoints.fail_connection(f"xa_rollback_on_{ds}")
             await conn.query(f"XA ROLLBACK {bid}")
         except Exception as exc:  # noqa: BLE001 - reported; recovery finishes it
             log.warning("XA ROLLBACK of %s on %s failed: %s", xid, ds, exc)
@@ -74,18 +75,21 @@ async def rollback(branches: Mapping[str, Branch], xid: str) -> list[str]:
 
 async def commit(branches: Mapping[str, Branch], xid: str,
                  write_decision: Callable[[str, Sequence[str]], Awaitable[None]],
-                 forget_decision: Callable[[str], Awaitable[None]]) -> None:
-    """Two-phase commit. Raises XaError (after rolling back) if any branch fails to prepare."""
+                 forget_decision: Callable[[str], Awaitable[None]]) -> list[str]:
+    """Two-phase commit. Raises XaError (after rolling back) if any branch fails to prepare.
+    Once the decision is logged the transaction is committed: returns the data sources whose
+    branch is still prepared because its XA COMMIT failed (recovery commits them)."""
     if len(branches) == 1:
         ((ds, conn),) = branches.items()
         bid = branch_id(xid, ds)
         await conn.query(f"XA END {bid}")
         await conn.query(f"XA COMMIT {bid} ONE PHASE")
-        return
+        return []
     try:
         for ds, conn in branches.items():
             bid = branch_id(xid, ds)
             await conn.query(f"XA END {bid}")
+            failpoints.fail_connection(f"xa_prepare_on_{ds}")
             await conn.query(f"XA PREPARE {bid}")
             failpoints.hit("xa_after_first_prepare")
     except Exception as exc:
@@ -95,15 +99,19 @@ async def commit(branches: Mapping[str, Branch], xid: str,
     failpoints.hit("xa_before_decision")
     await write_decision(xid, list(branches))
     failpoints.hit("xa_after_decision")
+    failed = []
     for index, (ds, conn) in enumerate(branches.items()):
         if index == 1:
             failpoints.hit("xa_after_first_commit")
         try:
+            failpoints.fail_connection(f"xa_commit_on_{ds}")
             await conn.query(f"XA COMMIT {branch_id(xid, ds)}")
         except Exception as exc:  # noqa: BLE001 - decided: recovery will commit it
             log.warning("XA COMMIT of %s on %s failed (%s); recovery will finish it", xid, ds, exc)
-            return
-    await forget_decision(xid)
+            failed.append(ds)
+    if not failed:
+        await forget_decision(xid)
+    return failed
 
 
 def parse_recover_row(row: Sequence[bytes | None]) -> tuple[str, str] | None:
@@ -115,10 +123,3 @@ def parse_recover_row(row: Sequence[bytes | None]) -> tuple[str, str] | None:
                 data[gtrid_length:gtrid_length + bqual_length].decode("utf-8", "replace"))
     except (TypeError, ValueError, IndexError):
         return None
-
-
-def resolution(gtrid: str, instance_id: str, committed: set[str]) -> str | None:
-    """What recovery does with a prepared branch: 'commit', 'rollback' or None (not ours)."""
-    if not gtrid.startswith(f"dbmesh-{instance_id}-"):
-        return None
-    return "commit" if gtrid in committed else "rollback"

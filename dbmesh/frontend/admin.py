@@ -126,7 +126,7 @@ async def _act(session: Session, action: str, xid: str) -> tuple[str, str | Prox
     if xid in state.operating:
         raise ProxyError(ER_XAER_RMFAIL, "XAE07", f"XAER_RMFAIL: another DBMESH statement is acting on global "
                                                   f"transaction '{xid}' now; wait for it to end")
-    owner = base_operator.owner_of(xid, server.config.instance_id, state.xid_instance)
+    owner = base_operator.owner_of(xid, server.config.instance_id, server.xid_instance)
     busy = base_operator.why_busy(item, xid in state.running, owner, server.config.transaction.base_orphan_age_s)
     if busy:
         raise ProxyError(ER_XAER_RMFAIL, "XAE07", f"XAER_RMFAIL: {busy}")

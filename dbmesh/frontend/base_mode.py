@@ -8,7 +8,6 @@ log's timestamps). Branch statements run on the session's own connection per dat
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -24,26 +23,18 @@ from txn.sqltext import Statement
 
 from .. import metrics
 from ..backend.connection import BackendConnection, BackendError, QueryResult
-from ..errors import ER_CON_COUNT_ERROR, ProxyError
+from .sweeps import sweep_forever
 
 if TYPE_CHECKING:
     from .server import Server
 
 log = logging.getLogger("dbmesh.base")
-# Sweeps in a row that found a pool saturated, between two warnings: the sweep yields to the
-# clients, but is not starved unnoticed (at the default 30 s interval, a warning per 5 min).
-_SATURATED_ROUNDS_BEFORE_WARNING = 10
 
 
 class BaseState:
     """Server-wide: which tables exist where, table metadata, running transactions."""
 
     def __init__(self, server: Server) -> None:
-        # BASE xids name the worker too: a worker's sweep must not finish another worker's
-        # running transactions (recovery at start takes every worker's).
-        config = server.config
-        self.xid_instance = (config.instance_id if server.worker_count == 1
-                             else f"{config.instance_id}-w{server.worker_index}")
         self.prepared_sources: set[str] = set()   # undo log + global lock tables exist, settings checked
         self.log_sources: set[str] = set()        # global transaction table exists
         self.meta_cache: dict[tuple[str, str], TableMeta] = {}
@@ -163,32 +154,15 @@ async def count_needs_attention(server: Server) -> dict[str, int]:
     return counts
 
 
-async def sweep_forever(server: Server) -> None:
+async def sweep(server: Server) -> None:
     """Now and again, finish transactions whose session went away without finishing them
-    (``transaction.base_sweep_interval_s``; idle for ``base_orphan_age_s``). A sweep that
-    finds a pool saturated yields to the clients and waits for the next round; only a run of
-    such rounds is worth a warning."""
+    (``transaction.base_sweep_interval_s``; idle for ``base_orphan_age_s``)."""
     settings = server.config.transaction
-    saturated_rounds = 0
-    while True:
-        await asyncio.sleep(settings.base_sweep_interval_s)
-        try:
-            counts = await recover(server, settings.base_orphan_age_s, server.base.xid_instance)
-            await count_needs_attention(server)
-        except (ProxyError, BackendError, OSError, ConnectionError, TimeoutError) as exc:
-            if isinstance(exc, ProxyError) and exc.code == ER_CON_COUNT_ERROR:
-                saturated_rounds += 1
-                level = logging.WARNING if saturated_rounds % _SATURATED_ROUNDS_BEFORE_WARNING == 0 else logging.INFO
-                log.log(level, "BASE recovery sweep deferred %d time(s) in a row, the pool busy with clients "
-                        "(%s); it runs again in %g s", saturated_rounds, exc, settings.base_sweep_interval_s)
-                continue
-            # e.g. a participant's data source is down (ProxyError from its pool): try again later.
-            log.warning("BASE recovery sweep failed (%s); it runs again in %g s", exc,
-                        settings.base_sweep_interval_s)
-            continue
-        except Exception:  # a sweep that died would leave orphans for good, silently
-            log.exception("BASE recovery sweep failed; it runs again in %g s", settings.base_sweep_interval_s)
-            continue
-        saturated_rounds = 0
+
+    async def one_round() -> None:
+        counts = await recover(server, settings.base_orphan_age_s, server.xid_instance)
+        await count_needs_attention(server)
         if any(counts.values()):
             log.info("BASE recovery sweep: %s", counts)
+
+    await sweep_forever("BASE recovery sweep", settings.base_sweep_interval_s, one_round, log)

@@ -8,7 +8,6 @@ import logging
 import ssl
 
 from sharding.plan_cache import PlanCache
-from txn import recovery
 
 from .. import metrics
 from ..backend.connection import BackendConnection, BackendError
@@ -18,7 +17,7 @@ from ..config import Config
 from ..errors import ProxyError
 from ..protocol.constants import SERVER_CAPABILITIES, Capability
 from ..protocol.packets import PacketProtocol
-from . import base_mode
+from . import base_mode, xa_mode
 from .session import Session
 
 log = logging.getLogger("dbmesh.server")
@@ -45,7 +44,11 @@ class Server:
         self.listen_port = config.listen.port if port is None else port
         self.pools = pools_for(config)
         self.plan_cache = PlanCache()  # sharded statement shapes, shared by all sessions
-        self.xa_log_ready: set[str] = set()  # data sources whose XA coordinator log table exists
+        # Global transaction ids name the worker too: a worker's sweeps must not finish another
+        # worker's running transactions (recovery at start takes every worker's).
+        self.xid_instance = (config.instance_id if worker_count == 1
+                             else f"{config.instance_id}-w{worker_index}")
+        self.xa = xa_mode.XaState()  # XA transactions: running xids, log tables made
         self.base = base_mode.BaseState(self)  # BASE transactions: tables prepared, metadata, running xids
         self.replica_sets = {name: ReplicaSet(ds) for name, ds in config.data_sources.items() if ds.replicas}
         self.sessions: set[Session] = set()
@@ -60,6 +63,7 @@ class Server:
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._base_sweeper: asyncio.Task[None] | None = None
+        self._xa_sweeper: asyncio.Task[None] | None = None
         self._tally_flusher: asyncio.Task[None] | None = None
 
     @property
@@ -84,7 +88,8 @@ class Server:
         if workers:  # the supervisor serves /metrics from files: move the per-statement tallies there
             self._tally_flusher = asyncio.create_task(self._flush_tallies_forever())
         if base_mode.base_log_sources(self):
-            self._base_sweeper = asyncio.create_task(base_mode.sweep_forever(self))
+            self._base_sweeper = asyncio.create_task(base_mode.sweep(self))
+            self._xa_sweeper = asyncio.create_task(xa_mode.sweep(self))
         for replica_set in self.replica_sets.values():
             replica_set.start()
         if self.config.metrics.port and not workers:
@@ -132,32 +137,15 @@ class Server:
 
     async def _recover_xa(self) -> None:
         """Finish the XA transactions this instance left prepared when it last stopped."""
-        # Every sharded database: a session may choose XA whatever the configured mode.
-        xa_databases = [d for d in self.config.databases.values() if d.sharding is not None]
-        if not xa_databases:
+        if not xa_mode.xa_sources(self)[0]:
             return
-        log_sources = {d.transaction.log_data_source or d.sharding.default_data_source for d in xa_databases}
-        data_sources = {ds for d in xa_databases for ds in d.sharding.data_sources}
-
-        async def acquire(ds: str) -> BackendConnection:
-            conn = await self.pools[ds].acquire(0)
-            if not conn.autocommit:
-                await conn.query("SET autocommit=1")
-            return conn
-
-        def release(conn: BackendConnection) -> None:
-            self.pools[conn.data_source].release(conn)
-
         try:
-            counts = await recovery.recover(sorted(data_sources), sorted(log_sources), self.config.instance_id,
-                                            acquire, release)
-        except (ProxyError, BackendError, OSError, ConnectionError) as exc:
-            log.error("XA recovery did not finish (%s); it runs again at the next start", exc)
+            counts = await xa_mode.finish_prepared(self, self.config.instance_id)
+        except (ProxyError, BackendError, OSError, ConnectionError, TimeoutError) as exc:
+            log.error("XA recovery did not finish (%s); the sweep retries what is its own", exc)
             return
         if any(counts.values()):
             log.info("XA recovery: %d branches committed, %d rolled back", counts["commit"], counts["rollback"])
-            for outcome, count in counts.items():
-                metrics.TRANSACTIONS_RECOVERED.labels("XA", outcome).inc(count)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, reader, writer, next(self._ids))
@@ -194,7 +182,7 @@ class Server:
             await self._server.serve_forever()
 
     async def close(self) -> None:
-        for task in (self._sweeper, self._base_sweeper, self._tally_flusher):
+        for task in (self._sweeper, self._base_sweeper, self._xa_sweeper, self._tally_flusher):
             if task is not None:
                 task.cancel()
         metrics.flush_tallies()

@@ -52,7 +52,9 @@ class GlobalTransaction:
     def begin(self, start_sql: str = "START TRANSACTION") -> None:
         self.start_sql = start_sql
         mode = self.mode
-        self.xid = xa.new_xid(self.session.config.instance_id) if mode == "XA" else ""
+        self.xid = xa.new_xid(self.session.server.xid_instance) if mode == "XA" else ""
+        if self.xid:
+            self.session.server.xa.begun(self.xid)
         self.base = self._new_base() if mode == "BASE" else None
 
     def _new_base(self) -> BaseTransaction:
@@ -60,7 +62,7 @@ class GlobalTransaction:
         config = s.config.databases[s.database].transaction
         backends = base_mode.backends(s.server, self._log_data_source(), branch=s.sharded.connection,
                                       database=s.database or "")
-        base = BaseTransaction(backends, s.server.base.xid_instance, self.isolation_override or config.base_isolation,
+        base = BaseTransaction(backends, s.server.xid_instance, self.isolation_override or config.base_isolation,
                                config.lock_wait_timeout_s,
                                found_rows=bool(s.capabilities & Capability.FOUND_ROWS))
         s.server.base.running.add(base.xid)
@@ -132,15 +134,22 @@ class GlobalTransaction:
 
     async def _finish_xa(self, branches: dict[str, BackendConnection], commit: bool) -> None:
         xid, self.xid = self.xid, ""
-        if not branches:
-            return
-        if not commit:
-            await xa.rollback(branches, xid)
-            return
+        failed = list(branches)  # unless it ends well
         try:
-            await xa.commit(branches, xid, self._write_decision, self._forget_decision)
+            if not branches:
+                return
+            if commit:
+                failed = await xa.commit(branches, xid, self._write_decision, self._forget_decision)
+            else:
+                failed = await xa.rollback(branches, xid)
         except xa.XaError as exc:
             raise ProxyError(1614, "XA100", str(exc)) from exc  # ER_XA_RBROLLBACK
+        finally:
+            # A branch left prepared must leave with its connection: the pool would hand it
+            # out in that state, and the server lets another connection finish it only then.
+            for ds in failed:
+                branches[ds].broken = True
+            self.session.server.xa.running.discard(xid)  # what is left is the XA sweep's
 
     def _log_data_source(self) -> str:
         s = self.session
@@ -166,9 +175,9 @@ class GlobalTransaction:
             if not conn.autocommit:
                 await conn.query("SET autocommit=1")
                 conn.autocommit = True
-            if ds not in s.server.xa_log_ready:
+            if ds not in s.server.xa.log_ready:
                 await conn.query(xa.LOG_DDL)
-                s.server.xa_log_ready.add(ds)
+                s.server.xa.log_ready.add(ds)
             await conn.query(sql)
         finally:
             pool.release(conn)
