@@ -32,7 +32,6 @@ from ..protocol.packets import (
     ErrInfo,
     Field,
     PacketReader,
-    direct_write,
     forget_close_error,
     frame,
     lenenc_str,
@@ -42,6 +41,7 @@ from ..protocol.packets import (
     parse_text_row,
     read_lenenc_int,
     read_nul_str,
+    sink_parts,
     stream_quiet,
     take_unread,
 )
@@ -172,8 +172,10 @@ class _Relay:
         # The sink may be a mirror.Tee or a coldefs.RenamingSink standing in for the client's
         # writer: write through it, look at the transport only for its state. No sink: the
         # response is dropped.
-        self.out: asyncio.WriteTransport | None = sink.transport if sink is not None else None
-        self.write: Callable[[bytes], object] = direct_write(sink) if sink is not None else _drop
+        self.out: asyncio.WriteTransport | None = None
+        self.write: Callable[[bytes], object] = _drop
+        if sink is not None:
+            self.out, self.write = sink_parts(sink)
         self.transport = transport
         self.started = False  # part of the response went to the client
         self.finished = False
@@ -242,6 +244,7 @@ class BackendConnection:
         # Set by connect(); writer None again once closed.
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self._transport: Any = None  # the writer's
         self._protocol: _BackendProtocol | None = None
         self.thread_id = 0
         self.server_version = ""
@@ -263,7 +266,9 @@ class BackendConnection:
     # -- connecting ----------------------------------------------------------------------
 
     async def connect(self, user: str, password: str, database: str | None, timeout: float) -> None:
-        self.reader, self.writer = await asyncio.wait_for(self._open(), timeout)
+        self.reader, writer = await asyncio.wait_for(self._open(), timeout)
+        self.writer = writer
+        self._transport = writer.transport  # (an interpreted property: read once)
         try:
             await asyncio.wait_for(self._handshake(user, password, database), timeout)
         except BaseException:
@@ -366,7 +371,7 @@ class BackendConnection:
         protocol = self._protocol
         reader, writer = self._streams()
         assert protocol is not None
-        transport: Any = writer.transport  # the whole Transport (the relay pauses its reading)
+        transport = self._transport  # the whole Transport (the relay pauses its reading)
         relay = protocol.relay = _Relay(self, scanner, sink, transport, on_done)
         try:
             transport.write(wire)  # not StreamWriter.write: one Python frame less per statement

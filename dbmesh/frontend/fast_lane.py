@@ -30,7 +30,7 @@ from ..errors import ProxyError
 from ..protocol.binary import decode_params
 from ..protocol.coldefs import RenamingSink, logical_sink
 from ..protocol.constants import Command, ServerStatus
-from ..protocol.packets import ConnectionClosed, MalformedPacket, PacketProtocol
+from ..protocol.packets import ConnectionClosed, MalformedPacket, PacketProtocol, TransportSink
 from ..protocol.scanner import ResponseKind, ResponseScanner
 from .statement import Kind, classify
 
@@ -60,12 +60,14 @@ _Route = tuple[BackendConnection, bytes, object, "Pool | None", "str | None", "R
 class FastLane:
     """One session's fast lane; the session's PacketProtocol calls it with whole packets."""
 
-    __slots__ = ("session", "protocol", "conn", "pool", "wrote_to", "replica", "command", "idle_timer", "closed",
-                 "targets", "targets_database")
+    __slots__ = ("session", "protocol", "transport", "client", "conn", "pool", "wrote_to", "replica", "command", "idle_timer",
+                 "closed", "targets", "targets_database")
 
     def __init__(self, session: Session, protocol: PacketProtocol):
         self.session = session
         self.protocol = protocol
+        self.transport = session.writer.transport  # (an interpreted property: read once; no TLS here)
+        self.client = TransportSink(self.transport)  # pass-through results go here
         self.conn: BackendConnection | None = None  # answering a command now
         # Where that connection goes back: None, the session holds it (pass-through); else a
         # sharded statement or a replica read borrowed it from this pool for the one statement.
@@ -97,7 +99,7 @@ class FastLane:
         route: _Route | None = None
         # Kept connections time out in the command loop's read; a full buffer needs its drain.
         if not session.keep_for_statements \
-                and session.writer.transport.get_write_buffer_size() <= _CLIENT_BUFFER_BACKLOG:
+                and self.transport.get_write_buffer_size() <= _CLIENT_BUFFER_BACKLOG:
             try:
                 route = self._execute(data) if command == Command.STMT_EXECUTE else self._query(data)
             except Exception:  # a bug here must not cost the client its connection
@@ -138,7 +140,7 @@ class FastLane:
         except ProxyError:
             return None  # the command loop reports it
         conn.prepared.move_to_end(key)
-        return conn, framed(packet, 0), session.writer, None, None, None
+        return conn, framed(packet, 0), self.client, None, None, None
 
     def _query(self, data: bytes) -> _Route | None:
         """Where to send a plain text statement (as the client framed it)."""
@@ -177,7 +179,7 @@ class FastLane:
         conn = session._borrow_now()
         if conn is None:
             return None
-        return conn, wire, session.writer, None, wrote_to, None
+        return conn, wire, self.client, None, wrote_to, None
 
     def _replica_read(self, wire: bytes, replicas: ReplicaSet, replica: Replica, database: str | None) -> _Route | None:
         session = self.session
@@ -186,7 +188,7 @@ class FastLane:
         conn = self._idle_connection(replica.pool, database)
         if conn is None:
             return None
-        return conn, wire, session.writer, replica.pool, None, replica
+        return conn, wire, self.client, replica.pool, None, replica
 
     # -- sharded databases -------------------------------------------------------------------
 
@@ -234,7 +236,8 @@ class FastLane:
         if conn is None:
             return None
         wire = framed(_COM_QUERY + actual_sql.encode(), 0)  # strict UTF-8 text in, so strict out
-        diagnostics.clear()  # a new statement
+        if diagnostics.count:
+            diagnostics.clear()  # a new statement
         return conn, wire, target.sink(), pool, None, None
 
     def _sharded_point_execute(self, data: bytes, stmt: ClientStatement) -> _Route | None:
@@ -283,7 +286,8 @@ class FastLane:
             return None
         conn.prepared.move_to_end((conn.database, sql))
         stmt.param_types = param_types
-        executor.diagnostics.clear()  # a new statement
+        if executor.diagnostics.count:
+            executor.diagnostics.clear()  # a new statement
         wrote_to = None if point.kind == "select" else node.data_source
         return conn, framed(packet, 0), target.sink(), pool, wrote_to, None
 

@@ -15,7 +15,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Final
 
 from .constants import ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER
-from .packets import direct_write, frame, lenenc_str, read_lenenc_int, read_lenenc_str
+from .packets import frame, lenenc_str, read_lenenc_int, read_lenenc_str, sink_parts
 
 if TYPE_CHECKING:
     from ..config import Config, LogicalDatabaseConfig
@@ -147,9 +147,8 @@ class RenamingSink:
     the usual answer costs one dictionary lookup."""
 
     def __init__(self, writer: asyncio.StreamWriter, renamer: Renamer):
-        self._write = direct_write(writer)
+        self.transport, self._write = sink_parts(writer)
         self._writer = writer
-        self.transport = writer.transport
         self._renamer = renamer
         self._pending = b""     # an unfinished head from earlier chunks
         self._renamed = False   # the head is out: the rest passes through

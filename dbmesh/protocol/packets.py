@@ -309,11 +309,23 @@ def stream_quiet(reader: asyncio.StreamReader) -> bool:
     return not stream._buffer and not stream._eof and stream._exception is None
 
 
-def direct_write(sink: Any) -> Callable[[bytes | memoryview], object]:
-    """What writes to ``sink``: for an asyncio StreamWriter its transport's write() (the
-    writer's own only forwards to it: one interpreted call less per chunk), for a stand-in
-    (mirror.Tee, coldefs.RenamingSink) its own write()."""
-    return sink.transport.write if type(sink) is asyncio.StreamWriter else sink.write
+class TransportSink:
+    """A client's transport as a relay sink: a StreamWriter without its interpreted
+    ``transport`` property (read once per relay otherwise)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.write: Callable[[bytes | memoryview], object] = transport.write
+
+
+def sink_parts(sink: Any) -> tuple[Any, Callable[[bytes | memoryview], object]]:
+    """The transport behind ``sink`` (for its state) and what writes to it: for an asyncio
+    StreamWriter its transport's write() (the writer's own only forwards to it: one
+    interpreted call less per chunk), for a stand-in (mirror.Tee, coldefs.RenamingSink) its
+    own write() (and a TransportSink its transport's). (StreamWriter.transport is an
+    interpreted property: read it once.)"""
+    transport = sink.transport
+    return transport, (transport.write if type(sink) is asyncio.StreamWriter else sink.write)
 
 
 def forget_close_error(protocol: asyncio.StreamReaderProtocol) -> None:
