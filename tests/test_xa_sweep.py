@@ -18,10 +18,11 @@ from txn import recovery, xa
 INSTANCE = "xasweep"
 
 
-def _start(sandbox, workdir, failpoints: str):
+def _start(sandbox, workdir, failpoints: str = "", sweep_s: float = 0.3):
     config = sandbox_proxy_config(sandbox, workdir, {"bank": {"sharding": RULES, "transaction": {"mode": "XA"}}})
     config["instance_id"] = INSTANCE
-    config["transaction"] = {"xa_sweep_interval_s": 0.3}
+    config["transaction"] = {"xa_sweep_interval_s": sweep_s}
+    config["users"].append({"name": "ops", "password": "ops-pw", "databases": ["*"], "admin": True})
     proxy = start_proxy(config, workdir, env={"DBMESH_FAILPOINTS": failpoints})
     with proxy.connect(database="bank") as conn, conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS account")
@@ -142,4 +143,50 @@ def test_finishing_leaves_running_transactions_and_other_sidecars_alone(sandbox)
                 except pymysql.err.MySQLError:
                     pass  # finished above
             cur.execute(f"DELETE FROM {xa.LOG_TABLE} WHERE xid LIKE 'dbmesh-guard%'")
+            cur.execute("DROP TABLE IF EXISTS xa_sweep_scratch")
+
+
+def _show(proxy, where: str = "") -> list[dict]:
+    with proxy.connect(user="ops", password="ops-pw", database=None) as conn, conn.cursor() as cur:
+        cur.execute("SHOW DBMESH TRANSACTIONS" + where)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def test_show_lists_xa_transactions_in_doubt(sandbox, tmp_path):
+    """SHOW DBMESH TRANSACTIONS lists XA transactions with a branch prepared or a decision
+    logged, what each waits for, and filters them as it does BASE ones."""
+    proxy = _start(sandbox, tmp_path, sweep_s=3600)  # no sweep during the test
+    undecided, decided, settled, foreign = (f"dbmesh-{INSTANCE}-undecided", f"dbmesh-{INSTANCE}-decided",
+                                            f"dbmesh-{INSTANCE}-settled", "dbmesh-elsewhere-x")
+    for gtrid in (undecided, decided, foreign):
+        _prepare_branch(sandbox, gtrid)
+    with sandbox.admin_connect("ds_0", database="shop_ds_0") as conn, conn.cursor() as cur:
+        cur.execute(xa.LOG_DDL)
+        for xid in (decided, settled):
+            cur.execute(f"INSERT INTO {xa.LOG_TABLE} (xid, decision, participants) VALUES (%s, 'commit', 'ds_0,ds_1')",
+                        (xid,))
+    try:
+        listed = {row["xid"]: row for row in _show(proxy) if row["mode"] == "XA"}
+        assert set(listed) == {undecided, decided, settled, foreign}
+        assert [listed[x]["status"] for x in (undecided, decided, settled, foreign)] == [
+            "prepared", "committing", "committed", "prepared"]
+        assert listed[undecided]["log_data_source"] is None and listed[undecided]["participants"] == "ds_0"
+        assert "no commit decision: the XA sweep or recovery rolls it back" in listed[undecided]["detail"]
+        assert listed[decided]["log_data_source"] == "ds_0" and listed[decided]["participants"] == "ds_0,ds_1"
+        assert listed[decided]["detail"].startswith("prepared on ds_0; commit decided")
+        assert listed[settled]["detail"].startswith("no branch prepared")
+        assert "another sidecar's" in listed[foreign]["detail"]
+        assert listed[decided]["created"] is not None and float(listed[decided]["age_s"]) >= 0
+        assert {row["running_here"] for row in listed.values()} == {"NO"}
+        assert [r["xid"] for r in _show(proxy, " WHERE mode = 'xa' AND status = 'prepared' AND xid LIKE "
+                                               f"'dbmesh-{INSTANCE}-%'")] == [undecided]
+        assert len(_show(proxy, " WHERE mode = 'XA' LIMIT 2")) == 2
+        assert _show(proxy, " WHERE mode <> 'XA' AND xid LIKE 'dbmesh-%undecided'") == []
+    finally:
+        stop_proxy(proxy)
+        with sandbox.admin_connect("ds_0", database="shop_ds_0") as conn, conn.cursor() as cur:
+            for gtrid in (undecided, decided, foreign):
+                cur.execute(f"XA ROLLBACK {xa.branch_id(gtrid, 'ds_0')}")
+            cur.execute(f"DELETE FROM {xa.LOG_TABLE} WHERE xid IN (%s, %s)", (decided, settled))
             cur.execute("DROP TABLE IF EXISTS xa_sweep_scratch")

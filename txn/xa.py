@@ -29,6 +29,13 @@ LOG_DDL = (f"CREATE TABLE IF NOT EXISTS {LOG_TABLE} ("
            "created DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))")
 
 
+# What an XA transaction in doubt waits for, as SHOW DBMESH TRANSACTIONS words it: a branch
+# prepared without a commit decision (rolled back by recovery), branches prepared with one
+# (committed by recovery), a decision whose branches are all committed (forgotten next).
+PREPARED, COMMITTING, COMMITTED = "prepared", "committing", "committed"
+LISTING_STATUSES = (PREPARED, COMMITTING, COMMITTED)
+
+
 class Branch(Protocol):
     """What the coordinator needs of a backend connection."""
 

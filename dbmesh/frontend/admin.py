@@ -1,7 +1,8 @@
 """The sidecar's own admin statements over the MySQL protocol (in the manner of
 ShardingSphere's DistSQL and ProxySQL's admin statements): an operator's view of, and hand
 on, the BASE global transactions in the coordinators' logs (txn/global_log.py) of every
-sharded database.
+sharded database; the listing also shows the XA transactions left in doubt (a branch
+prepared, or a commit decision logged; xa_mode.py), which the XA sweep finishes.
 
     SHOW DBMESH TRANSACTIONS [WHERE status = 'needs_attention'] [LIMIT n]
     DBMESH RETRY TRANSACTION 'xid'    compensate again (a needs_attention or stuck one)
@@ -24,7 +25,8 @@ from ..backend.connection import BackendError
 from ..errors import ProxyError
 from ..protocol.constants import COLLATION_BINARY, FieldType
 from ..protocol.packets import Column, ok_packet
-from . import admin_sql, base_mode
+from . import admin_sql, base_mode, xa_mode
+from .sharded import like_regex
 from .statement import is_admin
 
 if TYPE_CHECKING:
@@ -66,9 +68,12 @@ async def execute(session: Session, sql: bytes) -> None:
                          "Access denied; you need (at least one of) the DBMESH ADMIN privilege(s) for this "
                          f"operation: user '{name}' has no 'admin: true' in the dbmesh config")
     if isinstance(statement, admin_sql.ShowTransactions):
-        items = await listing(session.server, statement.conditions, statement.limit)
-        running = session.server.base.running
-        session.send_result(COLUMNS, [_row(item, item.txn.xid in running) for item in items])
+        server = session.server
+        items = await listing(server, statement.conditions, statement.limit)
+        rows = [_row(item, item.txn.xid in server.base.running) for item in items]
+        rows += [row for row in await _xa_rows(server) if _matches(row, statement.conditions)]
+        rows.sort(key=lambda row: (_text(row[5]) if row[5] is not None else "", row[0]))  # created, xid
+        session.send_result(COLUMNS, rows[:statement.limit] if statement.limit is not None else rows)
         return
     action = "retry" if isinstance(statement, admin_sql.RetryTransaction) else "forget"
     try:
@@ -100,6 +105,42 @@ async def listing(server: Server, conditions=(), limit: int | None = None) -> li
         items += [base_operator.listed(row, log_source) for row in result.rows]
     items.sort(key=lambda item: (_text(item.txn.created), item.txn.xid))
     return items[:limit] if limit is not None else items
+
+
+async def _xa_rows(server: Server) -> list[list[object]]:
+    """The in-doubt XA transactions (xa_mode.in_doubt) as listing rows."""
+    try:
+        items = await xa_mode.in_doubt(server)
+    except (ConnectionError, OSError, TimeoutError) as exc:
+        raise ProxyError(errors.ER_QUERY_ON_FOREIGN_DATA_SOURCE, errors.SQLSTATE_LINK_FAILURE,
+                         f"Lost connection to a data source while listing its prepared XA branches ({exc})") from exc
+    rows: list[list[object]] = []
+    for item in items:
+        status, detail = xa_mode.status_and_detail(item, server.config.instance_id)
+        rows.append([item.xid, "XA", status, item.log_source, item.participants or ", ".join(item.prepared_on),
+                     item.created, item.created, f"{item.age_s:.3f}" if item.age_s is not None else None, None,
+                     "YES" if item.xid in server.xa.running else "NO", detail])
+    return rows
+
+
+# The columns a WHERE may name (global_log.LISTING_COLUMNS), by position in COLUMNS.
+_CONDITION_COLUMNS = {"xid": 0, "mode": 1, "status": 2, "participants": 4, "detail": 10}
+
+
+def _matches(row: list[object], conditions) -> bool:
+    """A listing row against SHOW's WHERE conditions, compared as the log table's columns
+    are (case-insensitive, NULL matches nothing)."""
+    for column, operator, text in conditions:
+        value = row[_CONDITION_COLUMNS[column]]
+        if value is None:
+            return False
+        if operator in ("LIKE", "NOT LIKE"):
+            found = like_regex(text).match(str(value)) is not None
+        else:
+            found = str(value).lower() == text.lower()
+        if found != (operator in ("=", "LIKE")):
+            return False
+    return True
 
 
 def _row(item: Listed, running_here: bool) -> list[object]:

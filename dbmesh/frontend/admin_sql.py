@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from txn import global_log
+from txn import global_log, xa
 
 from ..errors import ProxyError
 
@@ -23,6 +23,8 @@ ER_WRONG_VALUE = 1525
 FORMS = ("SHOW DBMESH TRANSACTIONS [WHERE status = 'needs_attention'] [LIMIT n]",
          "DBMESH RETRY TRANSACTION 'xid'", "DBMESH FORGET TRANSACTION 'xid'")
 _XID_MAX = 128  # dbmesh_global_txn.xid is VARCHAR(128)
+# BASE statuses, then those only XA transactions in doubt have.
+_STATUSES = (*global_log.STATUSES, *(s for s in xa.LISTING_STATUSES if s not in global_log.STATUSES))
 
 
 @dataclass(frozen=True)
@@ -176,9 +178,9 @@ def _condition(p: _Parser, column: str) -> tuple[str, str, str]:
     value = p.string(f"the {column} to compare with")
     if column == "status" and operator in ("=", "<>"):
         # A misspelt status would list nothing and look like all is well.
-        if value.lower() not in global_log.STATUSES:
+        if value.lower() not in _STATUSES:
             raise ProxyError(ER_WRONG_VALUE, "HY000",
                              f"Incorrect status value: '{value}'; a global transaction's status is one of "
-                             f"{', '.join(global_log.STATUSES)}")
+                             f"{', '.join(_STATUSES)}")
         value = value.lower()
     return column, operator, value

@@ -515,7 +515,7 @@ class ShardedExecutor:
                     continue
                 logical = rules.logical_table_of(actual)
                 names.setdefault(logical or actual, row[1].decode() if row[1] else "BASE TABLE")
-        pattern = _like_regex(like) if like else None
+        pattern = like_regex(like) if like else None
         chosen = sorted(n for n in names if pattern is None or pattern.match(n))
         title = f"Tables_in_{self.session.database}" + (f" ({like})" if like else "")
         columns = [Column(title, length=256)] + ([Column("Table_type", length=64)] if full else [])
@@ -715,7 +715,8 @@ _BINARY = {
 _ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div)
 
 
-def _like_regex(pattern: str) -> re.Pattern[str]:
+def like_regex(pattern: str) -> re.Pattern[str]:
+    """A LIKE pattern (% and _) as a case-insensitive regular expression of the whole text."""
     out = []
     for ch in pattern:
         out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
