@@ -140,6 +140,8 @@ class TransactionRecoveryConfig:
     base_sweep_interval_s: float = 30.0
     base_orphan_age_s: float = 60.0
     xa_sweep_interval_s: float = 30.0
+    # How often to look for deadlocks across data sources (0: never; see frontend/deadlocks.py).
+    deadlock_check_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -431,7 +433,7 @@ def _parse_transaction(raw: Any, path: str, data_sources: dict[str, DataSourceCo
                                                                   d.lock_wait_timeout_s))
 
 
-_RECOVERY_KEYS = ("base_sweep_interval_s", "base_orphan_age_s", "xa_sweep_interval_s")
+_RECOVERY_KEYS = ("base_sweep_interval_s", "base_orphan_age_s", "xa_sweep_interval_s", "deadlock_check_interval_s")
 
 
 def _parse_transaction_recovery(raw: Any) -> TransactionRecoveryConfig:
@@ -445,7 +447,15 @@ def _parse_transaction_recovery(raw: Any) -> TransactionRecoveryConfig:
     return TransactionRecoveryConfig(
         base_sweep_interval_s=_sweep_interval(section, "base_sweep_interval_s", d.base_sweep_interval_s),
         base_orphan_age_s=_float(section, "base_orphan_age_s", "transaction", d.base_orphan_age_s),
-        xa_sweep_interval_s=_sweep_interval(section, "xa_sweep_interval_s", d.xa_sweep_interval_s))
+        xa_sweep_interval_s=_sweep_interval(section, "xa_sweep_interval_s", d.xa_sweep_interval_s),
+        deadlock_check_interval_s=_deadlock_check_interval(section, d.deadlock_check_interval_s))
+
+
+def _deadlock_check_interval(section: dict[str, Any], default: float) -> float:
+    interval = _float(section, "deadlock_check_interval_s", "transaction", default)
+    if interval != 0:
+        return _sweep_interval(section, "deadlock_check_interval_s", default)
+    return interval
 
 
 def _sweep_interval(section: dict[str, Any], key: str, default: float) -> float:

@@ -126,6 +126,9 @@ BASE_OPERATOR_ACTIONS = Counter("dbmesh_base_operator_actions_total",
 BASE_RETRIES = Counter("dbmesh_base_statement_retries_total",
                        "BASE statements run again: a row held by another global transaction, or a deadlock",
                        ["database", "reason"])
+CROSS_SHARD_DEADLOCKS = Counter("dbmesh_cross_shard_deadlocks_total",
+                                "Deadlocks across data sources the sidecar found and ended (a transaction rolled "
+                                "back with error 1213)")
 TRANSACTIONS_RECOVERED = Counter("dbmesh_transactions_recovered_total",
                                  "BASE transactions or prepared XA branches a recovery finished (at start or by "
                                  "a sweep)",

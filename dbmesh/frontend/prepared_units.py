@@ -26,7 +26,6 @@ from sharding.conditions import PLACEHOLDER_MARKER
 from .. import errors
 from ..backend.connection import BackendConnection, BackendError, BackendStatement
 from ..errors import ProxyError
-from ..protocol.coldefs import logical_sink
 from ..protocol.constants import Command
 from ..protocol.resultset import ResultRows, result_rows
 from ..protocol.scanner import ResponseKind
@@ -84,9 +83,9 @@ async def _relay_one(session: Session, stmt: ClientStatement, payload: bytes, da
         backend = await backend_statement(session, conn, sql)
         if backend is None:
             return  # the backend refused to prepare it: its error went to the client
-        sink = logical_sink(session.writer, session.config, session.database, data_source)
-        scanner = await conn.relay(execute_packet(session, stmt, payload, backend), ResponseKind.RESULT, sink)
-        await executor.diagnostics.after_relay(conn, scanner)
+        scanner = await conn.relay(execute_packet(session, stmt, payload, backend), ResponseKind.RESULT,
+                                   executor.sink(data_source))
+        await executor.relayed(conn, scanner)
         if write:
             session.last_write_at[data_source] = time.monotonic()
     except (ConnectionError, OSError) as exc:

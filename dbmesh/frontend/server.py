@@ -17,7 +17,7 @@ from ..config import Config
 from ..errors import ProxyError
 from ..protocol.constants import SERVER_CAPABILITIES, Capability
 from ..protocol.packets import PacketProtocol
-from . import base_mode, xa_mode
+from . import base_mode, deadlocks, xa_mode
 from .session import Session
 
 log = logging.getLogger("dbmesh.server")
@@ -64,6 +64,7 @@ class Server:
         self._sweeper: asyncio.Task[None] | None = None
         self._base_sweeper: asyncio.Task[None] | None = None
         self._xa_sweeper: asyncio.Task[None] | None = None
+        self._deadlock_detector: asyncio.Task[None] | None = None
         self._tally_flusher: asyncio.Task[None] | None = None
 
     @property
@@ -90,6 +91,7 @@ class Server:
         if base_mode.base_log_sources(self):
             self._base_sweeper = asyncio.create_task(base_mode.sweep(self))
             self._xa_sweeper = asyncio.create_task(xa_mode.sweep(self))
+            self._deadlock_detector = asyncio.create_task(deadlocks.detect(self))
         for replica_set in self.replica_sets.values():
             replica_set.start()
         if self.config.metrics.port and not workers:
@@ -182,7 +184,8 @@ class Server:
             await self._server.serve_forever()
 
     async def close(self) -> None:
-        for task in (self._sweeper, self._base_sweeper, self._xa_sweeper, self._tally_flusher):
+        for task in (self._sweeper, self._base_sweeper, self._xa_sweeper, self._deadlock_detector,
+                     self._tally_flusher):
             if task is not None:
                 task.cancel()
         metrics.flush_tallies()

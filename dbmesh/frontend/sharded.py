@@ -36,8 +36,9 @@ from ..protocol.coldefs import logical_sink, renamer_for
 from ..protocol.constants import COLLATION_BINARY, Command, FieldFlag, FieldType
 from ..protocol.packets import Column, Field, column_definition, eof_packet, lenenc_int, ok_packet
 from ..protocol.resultset import ResultRows, result_rows
-from ..protocol.scanner import ResponseKind
+from ..protocol.scanner import ResponseKind, ResponseScanner
 from ..protocol.textvalues import RawTime, collation_of, encode_row, row_decoder
+from . import deadlocks
 from .diagnostics import Diagnostics
 from .transactions import GlobalTransaction
 
@@ -122,6 +123,8 @@ class ShardedExecutor:
         # The statement running now is a plain read that replicas may serve.
         self.reading = False
         self.diagnostics = Diagnostics()  # of the last statement: SHOW WARNINGS / SHOW ERRORS
+        # The deadlock detector interrupted the statement running now (frontend/deadlocks.py).
+        self.deadlock_victim = False
 
     @property
     def rules(self) -> ShardingRuleSet:
@@ -273,6 +276,10 @@ class ShardedExecutor:
             else:
                 await self._merged_select(plan, binary)
         except BackendError as exc:
+            if self.deadlock_victim and exc.err.code == deadlocks.ER_QUERY_INTERRUPTED:
+                sources = sorted(self.conns)
+                await self._end_as_deadlock_victim()
+                raise deadlocks.deadlock_error(sources) from exc
             if exc.err.code == ER_LOCK_WAIT_TIMEOUT and self.in_transaction and len(self.conns) > 1:
                 # Neither server sees a deadlock across two data sources; say what it may be.
                 log.warning("lock wait timeout in a transaction on data sources %s: possibly a deadlock "
@@ -281,21 +288,44 @@ class ShardedExecutor:
             raise
         finally:
             self.reading = False
+            self.deadlock_victim = False
             self.release()
+
+    def sink(self, data_source: str) -> Any:
+        """Where a result of ``data_source`` relayed raw goes: the client, with the logical
+        names; in a transaction, through the deadlock detector's stand-in."""
+        session = self.session
+        sink = logical_sink(session.writer, session.config, session.database, data_source)
+        return deadlocks.VictimAwareSink(sink, self) if self.in_transaction else sink
+
+    async def relayed(self, conn: BackendConnection, scanner: ResponseScanner) -> None:
+        """A response relayed raw has reached the client: keep its diagnostics, and if the
+        deadlock detector interrupted it, roll the transaction back (the client got 1213)."""
+        victim, self.deadlock_victim = self.deadlock_victim, False
+        error = scanner.error
+        if victim and error is not None and error.code == deadlocks.ER_QUERY_INTERRUPTED:
+            answered = deadlocks.deadlock_error(sorted(self.conns))
+            self.diagnostics.error(answered.code, answered.message)
+            await self._end_as_deadlock_victim()
+            return
+        await self.diagnostics.after_relay(conn, scanner)
+
+    async def _end_as_deadlock_victim(self) -> None:
+        """As a server ends a deadlock's victim: the whole transaction rolled back."""
+        self.deadlock_victim = False
+        await self._commit_or_rollback("ROLLBACK")
 
     async def _relay(self, unit: planner.RouteUnit) -> None:
         session = self.session
         conn = await self.connection(unit.data_source)
         try:
             statement = bytes((Command.QUERY,)) + unit.sql.encode("utf-8", "surrogateescape")
-            scanner = await conn.relay(statement, ResponseKind.RESULT,
-                                       logical_sink(session.writer, session.config, session.database,
-                                                    unit.data_source))
+            scanner = await conn.relay(statement, ResponseKind.RESULT, self.sink(unit.data_source))
         except (ConnectionError, OSError) as exc:
             conn.broken = True
             self.release(force=True)
             raise errors.backend_lost(unit.data_source, conn.address) from exc
-        await self.diagnostics.after_relay(conn, scanner)
+        await self.relayed(conn, scanner)
         if scanner.status_seen and not self.in_transaction:
             session.autocommit = bool(scanner.status & 0x0002)
 

@@ -32,7 +32,7 @@ from sharding.errors import ShardingError
 from sharding.plan_cache import PointShape, point_shape, routes_by_values
 
 from ..protocol.binary import decode_params, encode_binary_row
-from ..protocol.coldefs import logical_sink, renamer_for
+from ..protocol.coldefs import renamer_for
 from ..protocol.constants import Command
 from ..protocol.packets import parse_column_definition
 from ..protocol.scanner import ResponseKind
@@ -185,9 +185,8 @@ async def _execute_on_backend(session: Session, unit: planner.RouteUnit) -> None
             return
         backend_id = scanner.stmt_id
         execute_packet = bytes((Command.STMT_EXECUTE,)) + struct.pack("<IBI", backend_id, 0, 1)
-        scanner = await conn.relay(execute_packet, ResponseKind.RESULT,
-                                   logical_sink(session.writer, session.config, session.database, unit.data_source))
-        await executor.diagnostics.after_relay(conn, scanner)
+        scanner = await conn.relay(execute_packet, ResponseKind.RESULT, executor.sink(unit.data_source))
+        await executor.relayed(conn, scanner)
         conn.close_statement(backend_id)
     finally:
         executor.release()
@@ -218,9 +217,8 @@ async def _execute_point(session: Session, stmt: ClientStatement, payload: bytes
         if backend.num_params != stmt.num_params:
             return False
         scanner = await conn.relay(prepared_units.execute_packet(session, stmt, payload, backend),
-                                   ResponseKind.RESULT,
-                                   logical_sink(session.writer, session.config, session.database, node.data_source))
-        await executor.diagnostics.after_relay(conn, scanner)
+                                   ResponseKind.RESULT, executor.sink(node.data_source))
+        await executor.relayed(conn, scanner)
         if point.kind != "select":
             session.last_write_at[node.data_source] = time.monotonic()
     finally:

@@ -3,6 +3,7 @@ XA or BASE, see txn/), its id, and how a backend connection joins it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ class GlobalTransaction:
         self.isolation_override: str | None = None  # SET dbmesh_base_isolation = ...
         self.start_sql = "START TRANSACTION"
         self.xid = ""
+        self.started_at = 0.0
         self.base: BaseTransaction | None = None  # the running BASE global transaction
 
     @property
@@ -51,6 +53,7 @@ class GlobalTransaction:
 
     def begin(self, start_sql: str = "START TRANSACTION") -> None:
         self.start_sql = start_sql
+        self.started_at = time.monotonic()  # the youngest in a deadlock is rolled back
         mode = self.mode
         self.xid = xa.new_xid(self.session.server.xid_instance) if mode == "XA" else ""
         if self.xid:

@@ -1,0 +1,120 @@
+"""A deadlock across two data sources, which neither server sees: the sidecar finds the
+cycle and ends it as a server ends its own, with error 1213 to the youngest transaction
+(rolled back whole) while the other goes on, whichever way the victim's waiting
+statement was sent (text through a collected write, prepared or locking read relayed raw)."""
+
+from __future__ import annotations
+
+import threading
+
+import mysql.connector
+import pymysql
+import pytest
+
+from conftest import sandbox_proxy_config, start_proxy, stop_proxy
+from test_transactions import ACCOUNTS, INITIAL, RULES, balances
+
+# Long enough that a lock wait timeout (1205) means the detector did not act.
+LOCK_WAIT_S = 40
+
+
+@pytest.fixture(scope="module")
+def proxy(sandbox, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("deadlocks")
+    config = sandbox_proxy_config(sandbox, workdir, {"bank": {"sharding": RULES}})
+    config["transaction"] = {"deadlock_check_interval_s": 0.2}
+    proxy = start_proxy(config, workdir)
+    try:
+        yield proxy
+    finally:
+        stop_proxy(proxy)
+
+
+@pytest.fixture
+def accounts(proxy):
+    with proxy.connect(database="bank") as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS account")
+        cur.execute("CREATE TABLE account (id INT PRIMARY KEY, balance BIGINT NOT NULL)")
+        cur.execute("INSERT INTO account (id, balance) VALUES " + ", ".join(f"({i}, {INITIAL})" for i in range(ACCOUNTS)))
+
+
+def _pymysql(proxy, mode: str):
+    conn = proxy.connect(database="bank")
+    with conn.cursor() as cur:
+        cur.execute(f"SET dbmesh_transaction_mode = '{mode}'")
+        cur.execute(f"SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_S}")
+    return conn
+
+
+def _connector(proxy, mode: str):
+    conn = mysql.connector.connect(host=proxy.host, port=proxy.port, user="app", password="app", database="bank",
+                                   use_pure=True, autocommit=True)
+    cur = conn.cursor()
+    cur.execute(f"SET dbmesh_transaction_mode = '{mode}'")
+    cur.execute(f"SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_S}")
+    cur.close()
+    return conn
+
+
+def _text_update(conn):
+    with conn.cursor() as cur:
+        cur.execute("UPDATE account SET balance = balance + 7 WHERE id = 0")
+
+
+def _locking_read(conn):
+    with conn.cursor() as cur:
+        cur.execute("SELECT balance FROM account WHERE id = 0 FOR UPDATE")
+        cur.fetchall()
+
+
+def _prepared_update(conn):
+    cur = conn.cursor(prepared=True)
+    cur.execute("UPDATE account SET balance = balance + ? WHERE id = ?", (7, 0))
+    cur.close()
+
+
+@pytest.mark.parametrize("mode, victim_client, waiting_statement", [
+    ("LOCAL", _pymysql, _text_update),
+    ("XA", _pymysql, _text_update),
+    ("LOCAL", _pymysql, _locking_read),
+    ("LOCAL", _connector, _prepared_update),
+])
+def test_the_youngest_transaction_of_a_cross_shard_deadlock_gets_1213(proxy, accounts, sandbox, mode, victim_client,
+                                                                      waiting_statement):
+    first = _pymysql(proxy, mode)
+    second = victim_client(proxy, mode)
+    outcome: dict[str, object] = {}
+    try:
+        first.begin()
+        with first.cursor() as cur:
+            cur.execute("UPDATE account SET balance = balance - 100 WHERE id = 0")  # ds_0
+        second.start_transaction() if hasattr(second, "start_transaction") else second.begin()
+        cur2 = second.cursor()
+        cur2.execute("UPDATE account SET balance = balance - 5 WHERE id = 1")  # ds_1, the younger transaction
+        cur2.close()
+
+        def first_waits() -> None:
+            try:
+                with first.cursor() as cur:
+                    cur.execute("UPDATE account SET balance = balance + 100 WHERE id = 1")  # waits for second on ds_1
+                first.commit()
+                outcome["first"] = "committed"
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                outcome["first"] = exc
+
+        waiter = threading.Thread(target=first_waits)
+        waiter.start()
+        with pytest.raises((pymysql.err.OperationalError, mysql.connector.Error)) as ended:
+            waiting_statement(second)  # waits for first on ds_0: the cycle
+        code = ended.value.args[0] if isinstance(ended.value, pymysql.err.MySQLError) else ended.value.errno
+        assert code == 1213, ended.value
+        assert "deadlock across data sources ds_0, ds_1" in str(ended.value)
+        waiter.join(LOCK_WAIT_S + 10)
+        assert outcome["first"] == "committed"
+        second.rollback()  # what a client does after 1213: the transaction is gone already
+    finally:
+        first.close()
+        second.close()
+    # The victim's update of account 1 was rolled back whole; the other transfer committed.
+    assert balances(sandbox) == (INITIAL - 100, INITIAL + 100)
+    assert "deadlock across data sources: sessions" in proxy.log()
