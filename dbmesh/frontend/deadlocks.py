@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from txn.sqltext import Statement
 
 from .. import metrics
-from ..backend.connection import BackendError
+from ..backend.connection import BackendError, framed
 from ..errors import ProxyError
 from . import base_mode
 from .sweeps import sweep_forever
@@ -65,12 +65,8 @@ class VictimAwareSink:
         executor = self._executor
         if executor.deadlock_victim and len(data) >= 7 and data[4] == 0xFF \
                 and int.from_bytes(data[5:7], "little") == ER_QUERY_INTERRUPTED:
-            data = _framed(data[3], deadlock_error(sorted(executor.conns)).packet())
+            data = framed(deadlock_error(sorted(executor.conns)).packet(), data[3])
         self._sink.write(data)
-
-
-def _framed(seq: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "little") + bytes((seq,)) + payload
 
 
 async def detect(server: Server) -> None:
