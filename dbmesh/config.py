@@ -140,7 +140,8 @@ class TransactionRecoveryConfig:
     base_sweep_interval_s: float = 30.0
     base_orphan_age_s: float = 60.0
     xa_sweep_interval_s: float = 30.0
-    # How often to look for deadlocks across data sources (0: never; see frontend/deadlocks.py).
+    # How often to look for deadlocks across data sources (0: never), and every 0.15 s while
+    # transactions wait for each other (see frontend/deadlocks.py).
     deadlock_check_interval_s: float = 1.0
 
 

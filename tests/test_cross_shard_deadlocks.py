@@ -12,26 +12,42 @@ import pymysql
 import pytest
 
 from conftest import sandbox_proxy_config, start_proxy, stop_proxy
+from dbmesh.frontend import deadlocks
 from test_transactions import ACCOUNTS, INITIAL, RULES, balances
 
 # Long enough that a lock wait timeout (1205) means the detector did not act.
 LOCK_WAIT_S = 40
 
 
-@pytest.fixture(scope="module")
-def proxy(sandbox, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("deadlocks")
+def _deadlock_proxy(sandbox, workdir, pool_size: int | None = None):
     config = sandbox_proxy_config(sandbox, workdir, {"bank": {"sharding": RULES}})
     config["transaction"] = {"deadlock_check_interval_s": 0.2}
-    proxy = start_proxy(config, workdir)
+    if pool_size is not None:
+        for ds in config["data_sources"].values():
+            ds["pool"] = {"max_size": pool_size}
+    return start_proxy(config, workdir)
+
+
+@pytest.fixture(scope="module")
+def proxy(sandbox, tmp_path_factory):
+    proxy = _deadlock_proxy(sandbox, tmp_path_factory.mktemp("deadlocks"))
     try:
         yield proxy
     finally:
         stop_proxy(proxy)
 
 
-@pytest.fixture
-def accounts(proxy):
+@pytest.fixture(scope="module")
+def full_pools_proxy(sandbox, tmp_path_factory):
+    """Two connections per data source: the two deadlocked transactions hold them all."""
+    proxy = _deadlock_proxy(sandbox, tmp_path_factory.mktemp("deadlocks-full-pools"), pool_size=2)
+    try:
+        yield proxy
+    finally:
+        stop_proxy(proxy)
+
+
+def _create_accounts(proxy):
     with proxy.connect(database="bank") as conn, conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS account")
         cur.execute("CREATE TABLE account (id INT PRIMARY KEY, balance BIGINT NOT NULL)")
@@ -79,8 +95,20 @@ def _prepared_update(conn):
     ("LOCAL", _pymysql, _locking_read),
     ("LOCAL", _connector, _prepared_update),
 ])
-def test_the_youngest_transaction_of_a_cross_shard_deadlock_gets_1213(proxy, accounts, sandbox, mode, victim_client,
+def test_the_youngest_transaction_of_a_cross_shard_deadlock_gets_1213(proxy, sandbox, mode, victim_client,
                                                                       waiting_statement):
+    _create_accounts(proxy)
+    _deadlock(proxy, sandbox, mode, victim_client, waiting_statement)
+
+
+def test_a_deadlock_is_ended_while_it_holds_every_pooled_connection(full_pools_proxy, sandbox):
+    """The detector looks through connections of its own: borrowing from the pools, it
+    would wait for a connection only the deadlock's end can free."""
+    _create_accounts(full_pools_proxy)
+    _deadlock(full_pools_proxy, sandbox, "LOCAL", _pymysql, _text_update)
+
+
+def _deadlock(proxy, sandbox, mode, victim_client, waiting_statement):
     first = _pymysql(proxy, mode)
     second = victim_client(proxy, mode)
     outcome: dict[str, object] = {}
@@ -118,3 +146,17 @@ def test_the_youngest_transaction_of_a_cross_shard_deadlock_gets_1213(proxy, acc
     # The victim's update of account 1 was rolled back whole; the other transfer committed.
     assert balances(sandbox) == (INITIAL - 100, INITIAL + 100)
     assert "deadlock across data sources: sessions" in proxy.log()
+
+
+def test_victims_leave_no_cycle_and_are_each_the_youngest_of_the_cycle_they_break():
+    # 1 -> 2 -> 3 -> 1 and 2 -> 3 -> 4 -> 2 share 2 and 3; 5 -> 6 -> 5 stands apart; 7 waits on a cycle.
+    waits = {1: {2: None}, 2: {3: None}, 3: {1: None, 4: None}, 4: {2: None}, 5: {6: None}, 6: {5: None},
+             7: {1: None}}
+    started_at = {1: 10.0, 2: 30.0, 3: 20.0, 4: 5.0, 5: 1.0, 6: 2.0, 7: 99.0}
+    chosen = deadlocks._victims(waits, started_at.__getitem__)
+    victims = [victim for _, victim in chosen]
+    for cycle, victim in chosen:
+        assert victim == max(cycle, key=started_at.__getitem__)
+    assert sorted(victims) == [2, 6]  # 2 breaks both cycles through it; 7 is in none
+    left = {node: {h for h in holders if h not in victims} for node, holders in waits.items() if node not in victims}
+    assert deadlocks._victims(left, started_at.__getitem__) == []

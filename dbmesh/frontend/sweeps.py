@@ -20,13 +20,18 @@ from ..errors import ER_CON_COUNT_ERROR, ProxyError
 SATURATED_ROUNDS_BEFORE_WARNING = 10
 
 
-async def sweep_forever(name: str, interval_s: float, one_round: Callable[[], Awaitable[None]],
+async def sweep_forever(name: str, interval_s: float, one_round: Callable[[], Awaitable[float | None]],
                         log: logging.Logger) -> None:
+    """Run ``one_round`` every ``interval_s``, or sooner when a round returns how soon."""
     saturated_rounds = 0
+    pause = interval_s
     while True:
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(pause)
+        pause = interval_s
         try:
-            await one_round()
+            sooner = await one_round()
+            if sooner is not None:
+                pause = min(sooner, interval_s)
         except (ProxyError, BackendError, OSError, ConnectionError, TimeoutError) as exc:
             if isinstance(exc, ProxyError) and exc.code == ER_CON_COUNT_ERROR:
                 saturated_rounds += 1
