@@ -160,3 +160,75 @@ def test_victims_leave_no_cycle_and_are_each_the_youngest_of_the_cycle_they_brea
     assert sorted(victims) == [2, 6]  # 2 breaks both cycles through it; 7 is in none
     left = {node: {h for h in holders if h not in victims} for node, holders in waits.items() if node not in victims}
     assert deadlocks._victims(left, started_at.__getitem__) == []
+
+
+def test_one_victim_ends_the_cycles_a_short_cycle_sits_on():
+    # a waits for b, c and d; b and c wait for d; d waits for a. Ending d, the youngest of the
+    # shortest cycle (a, d), ends all three; the youngest of a longer one first would not.
+    waits = {"a": {"b": None, "c": None, "d": None}, "b": {"d": None}, "c": {"d": None}, "d": {"a": None}}
+    started_at = {"a": 1.0, "b": 3.0, "c": 4.0, "d": 2.0}
+    assert deadlocks._victims(waits, started_at.__getitem__) == [(["a", "d"], "d")]
+
+
+NO_PROCESS_USER = "no_process"
+
+
+@pytest.fixture(scope="module")
+def no_process_proxy(sandbox, tmp_path_factory):
+    """Backend connections by a user that may use the data sources' databases but lacks the
+    global PROCESS privilege, so it may not read the servers' lock waits."""
+    for ds in ("ds_0", "ds_1"):
+        with sandbox.admin_connect(ds) as conn, conn.cursor() as cur:
+            cur.execute("SET SESSION sql_log_bin = 0")
+            for host in ("%", "127.0.0.1", "localhost"):
+                cur.execute(f"CREATE USER IF NOT EXISTS '{NO_PROCESS_USER}'@'{host}' IDENTIFIED BY '{NO_PROCESS_USER}'")
+                cur.execute(f"GRANT ALL PRIVILEGES ON `shop\\_ds\\_%`.* TO '{NO_PROCESS_USER}'@'{host}'")
+    workdir = tmp_path_factory.mktemp("deadlocks-no-process")
+    config = sandbox_proxy_config(sandbox, workdir, {"bank": {"sharding": RULES}})
+    config["transaction"] = {"deadlock_check_interval_s": 0.2}
+    for ds in config["data_sources"].values():
+        ds["user"] = ds["password"] = NO_PROCESS_USER
+    proxy = start_proxy(config, workdir)
+    try:
+        yield proxy
+    finally:
+        stop_proxy(proxy)
+
+
+def test_without_the_process_privilege_the_detector_turns_itself_off_and_says_why(no_process_proxy, sandbox):
+    """The deadlock then ends as it would without the sidecar: by the lock wait timeout."""
+    _create_accounts(no_process_proxy)
+    first, second = (_pymysql(no_process_proxy, "LOCAL") for _ in range(2))
+    try:
+        with second.cursor() as cur:
+            cur.execute("SET SESSION innodb_lock_wait_timeout = 1")
+        first.begin()
+        second.begin()
+        with first.cursor() as cur, second.cursor() as cur2:
+            cur.execute("UPDATE account SET balance = balance - 100 WHERE id = 0")  # ds_0
+            cur2.execute("UPDATE account SET balance = balance - 5 WHERE id = 1")  # ds_1
+            waiter = threading.Thread(target=lambda: _ignore_errors(
+                cur.execute, "UPDATE account SET balance = balance + 100 WHERE id = 1"))
+            waiter.start()
+            with pytest.raises(pymysql.err.OperationalError) as ended:
+                cur2.execute("UPDATE account SET balance = balance + 5 WHERE id = 0")
+            assert ended.value.args[0] == 1205  # innodb_lock_wait_timeout, as without the sidecar
+            second.rollback()
+            waiter.join(LOCK_WAIT_S + 10)
+            first.rollback()
+    finally:
+        first.close()
+        second.close()
+    assert "cross-shard deadlock detection is off: data source" in no_process_proxy.log()
+    assert "grant it PROCESS" in no_process_proxy.log()
+    with no_process_proxy.connect(database="bank") as conn, conn.cursor() as cur:  # still serving
+        cur.execute("SELECT COUNT(*) FROM account")
+        assert cur.fetchone() == (ACCOUNTS,)
+    assert balances(sandbox) == (INITIAL, INITIAL)
+
+
+def _ignore_errors(call, *args):
+    try:
+        call(*args)
+    except pymysql.err.MySQLError:
+        pass

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from txn import base_operator, global_log
 from txn.base_operator import Listed
+from txn.recovery import ER_XAER_NOTA
 
 from .. import errors, metrics
 from ..backend.connection import BackendError
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbmesh.admin")
 
 ER_ERROR_DURING_ROLLBACK = 1180
-ER_SPECIFIC_ACCESS_DENIED = 1227
-ER_XAER_NOTA = 1397
 ER_XAER_RMFAIL = 1399
 ER_UNSUPPORTED_PS = 1295
 
@@ -64,7 +63,7 @@ async def execute(session: Session, sql: bytes) -> None:
     user = session.user
     if user is None or not user.admin:
         name = user.name if user is not None else ""
-        raise ProxyError(ER_SPECIFIC_ACCESS_DENIED, "42000",
+        raise ProxyError(errors.ER_SPECIFIC_ACCESS_DENIED_ERROR, "42000",
                          "Access denied; you need (at least one of) the DBMESH ADMIN privilege(s) for this "
                          f"operation: user '{name}' has no 'admin: true' in the dbmesh config")
     if isinstance(statement, admin_sql.ShowTransactions):

@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import metrics
+from .. import errors, metrics
 from ..backend.connection import BackendConnection, BackendError, framed
 from ..errors import ProxyError
 from .sweeps import sweep_forever
@@ -53,9 +53,10 @@ RECHECK_WHILE_WAITING_S = 0.15
 
 ER_LOCK_DEADLOCK = 1213
 ER_QUERY_INTERRUPTED = 1317
-ER_SPECIFIC_ACCESS_DENIED = 1227
-ER_ACCESS_DENIED = 1045
 ER_NO_SUCH_QUERY = 1957  # KILL QUERY ID of a statement that has ended
+# What a user without the PROCESS privilege gets for the lock-wait tables.
+_NOT_ALLOWED = (errors.ER_SPECIFIC_ACCESS_DENIED_ERROR, errors.ER_ACCESS_DENIED_ERROR,
+                errors.ER_TABLEACCESS_DENIED_ERROR, errors.ER_COLUMNACCESS_DENIED_ERROR)
 
 # Waiting thread, blocking thread, and the waiting statement's query id.
 _LOCK_WAITS = (
@@ -156,7 +157,7 @@ class Detector:
             try:
                 rows = await self._run(ds, _LOCK_WAITS)
             except BackendError as exc:
-                if exc.err.code in (ER_SPECIFIC_ACCESS_DENIED, ER_ACCESS_DENIED, 1142, 1143):
+                if exc.err.code in _NOT_ALLOWED:
                     log.warning("cross-shard deadlock detection is off: data source %s does not show its lock "
                                 "waits to the sidecar's user (%s); grant it PROCESS to have deadlocks across data "
                                 "sources ended at once rather than by innodb_lock_wait_timeout", ds, exc.err.message)
@@ -200,12 +201,14 @@ def _in_transaction(session: Session) -> bool:
 
 
 def _victims(waits: dict[Any, dict[Any, Any]], age: Callable[[Any], float]) -> list[tuple[list[Any], Any]]:
-    """Who to roll back so that no cycle is left: the youngest of a cycle, taken out of the
-    graph, until none is found; each with the cycle it broke, in waiting order. (Listing every
-    cycle first would not do: a tangle of sixty transactions can hold thousands.)"""
+    """Who to roll back so that no cycle is left: the youngest of a shortest cycle, taken out
+    of the graph, until no cycle is left; each with the cycle it broke, in waiting order.
+    Shortest first, because the transactions of a short cycle usually sit on the longer ones
+    too: ending one of them ends several cycles (listing every cycle to choose better would
+    not do: a tangle of sixty transactions can hold thousands)."""
     graph = {node: set(holders) for node, holders in waits.items()}
     chosen = []
-    while (cycle := _a_cycle(graph)) is not None:
+    while (cycle := _shortest_cycle(graph)) is not None:
         victim = max(cycle, key=age)
         chosen.append((cycle, victim))
         del graph[victim]
@@ -214,27 +217,31 @@ def _victims(waits: dict[Any, dict[Any, Any]], age: Callable[[Any], float]) -> l
     return chosen
 
 
-def _a_cycle(graph: dict[Any, set[Any]]) -> list[Any] | None:
-    """A cycle of the graph in waiting order, or None: a depth-first walk that meets a node
-    still on its path."""
-    done: set[Any] = set()
+def _shortest_cycle(graph: dict[Any, set[Any]]) -> list[Any] | None:
+    """A shortest cycle of the graph in waiting order, or None: from each node, a
+    breadth-first walk until it comes back."""
+    best: list[Any] | None = None
     for start in graph:
-        if start in done:
-            continue
-        path, on_path = [start], {start}
-        nexts = [iter(graph.get(start, ()))]
-        while path:
-            nxt = next(nexts[-1], None)
-            if nxt is None:  # every way on from here tried
-                finished = path.pop()
-                on_path.discard(finished)
-                done.add(finished)
-                nexts.pop()
-                continue
-            if nxt in on_path:
-                return path[path.index(nxt):]
-            if nxt not in done:
-                path.append(nxt)
-                on_path.add(nxt)
-                nexts.append(iter(graph.get(nxt, ())))
-    return None
+        came_from: dict[Any, Any] = {}
+        frontier = [start]
+        while frontier and start not in came_from:
+            following = []
+            for node in frontier:
+                for nxt in graph.get(node, ()):
+                    if nxt not in came_from:
+                        came_from[nxt] = node
+                        following.append(nxt)
+            frontier = following
+        if start in came_from:
+            cycle = [start]
+            node = came_from[start]
+            while node != start:
+                cycle.append(node)
+                node = came_from[node]
+            cycle.reverse()  # each waits for the next, and the last (start) for the first
+            cycle = [cycle[-1], *cycle[:-1]]  # start first
+            if best is None or len(cycle) < len(best):
+                best = cycle
+                if len(best) == 2:
+                    break
+    return best
