@@ -124,6 +124,10 @@ class Bench:
             return cluster.direct_endpoint(self.box, relay_port=self.services[config].port)
         return cluster.proxy_endpoint(self.services[config].port)
 
+    def server_pids(self) -> list[int]:
+        """The sandbox's MariaDB servers (both, whichever configuration runs)."""
+        return [inst.pid for inst in self.box.instances.values() if inst.pid]
+
     def pid(self, config: str) -> int | None:
         service = self.services.get(config)
         return service.pid if service is not None and service.alive() else None
@@ -155,8 +159,11 @@ def run_one(bench: Bench, config: str, workload: sysbench.Workload, settings: Se
     bench.ensure_running(config)
     pid = bench.pid(config)
     cpu_before = procstat.tree_cpu_seconds(pid) if pid else None
+    servers = bench.server_pids()
+    servers_before = sum(map(procstat.cpu_seconds, servers))
     result = sysbench.run(workload, bench.endpoint(config), settings.seconds, settings.table_size)
     run = Run(config, workload, result, requested_s=settings.seconds, status=report.classify(result))
+    run.servers_cpu_s = sum(map(procstat.cpu_seconds, servers)) - servers_before
     if pid and cpu_before is not None and bench.pid(config) == pid:
         run.proxy_cpu_s = procstat.tree_cpu_seconds(pid) - cpu_before
     if config in bench.services:

@@ -80,10 +80,16 @@ class _TableRef:
 def plan(tree: exp.Expression, rules: ShardingRuleSet, logical_db: str,
          params: Sequence[Any] | None = None, sql_text: str | None = None) -> Plan:
     result = _plan(tree, rules, logical_db, params, sql_text)
-    result.locking, result.force_primary = _static(tree, "flags", lambda: (
+    result.locking, result.force_primary = flags(tree)
+    return result
+
+
+def flags(tree: exp.Expression) -> tuple[bool, bool]:
+    """Whether the statement locks what it reads (FOR UPDATE, LOCK IN SHARE MODE), and whether
+    a ``/* dbmesh:primary */`` hint keeps it on the primary; worked out once per tree."""
+    return _static(tree, "flags", lambda: (
         bool(tree.find(exp.Lock)),
         any("dbmesh:primary" in c for node in tree.walk() for c in (node.comments or ()))))
-    return result
 
 
 def _plan(tree: exp.Expression, rules: ShardingRuleSet, logical_db: str,

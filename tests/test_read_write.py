@@ -258,3 +258,50 @@ def test_sharded_reads_use_each_shards_replica(rw_proxy, sandbox, server_ids):
         cur.execute("SELECT @@server_id FROM rw_order WHERE user_id = 1")
         assert cur.fetchone()[0] == server_ids["ds_1"], "read-your-writes on the shard just written"
         cur.execute("DROP TABLE rw_order")
+
+
+def test_sharded_prepared_reads_use_each_shards_replica(rw_proxy, sandbox, server_ids):
+    """Server-side prepared reads follow the text rules: a point read, an IN list routed by
+    its values, and a statement bound into literals each go to their shard's replica; a
+    locking read, a dbmesh:primary hint, a transaction and a fresh write keep the primary."""
+    import mysql.connector
+
+    with rw_proxy.connect(database="shop_rw") as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS rw_order (id INT PRIMARY KEY, user_id INT)")
+        cur.execute("REPLACE INTO rw_order (id, user_id) VALUES (1, 0), (2, 1), (3, 3)")
+    sandbox.sync_replicas()
+    time.sleep(1.1)  # past the read-your-writes window
+    conn = mysql.connector.connect(host=rw_proxy.host, port=rw_proxy.port, user="app", password="app",
+                                   database="shop_rw", use_pure=True, autocommit=True)
+    cur = conn.cursor(prepared=True)
+
+    def server(sql: str, params: tuple) -> int:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+        assert rows, sql
+        return rows[0][0]
+
+    point = "SELECT @@server_id, id FROM rw_order WHERE user_id = ?"
+    try:
+        wait_until(lambda: server(point, (0,)) == server_ids[REPLICA])
+        for _ in range(5):  # the first execute prepares on the replica; the next ones reuse it
+            assert server(point, (1,)) == server_ids["ds_1_replica_0"]
+            assert server(point, (0,)) == server_ids[REPLICA]
+        assert server("SELECT @@server_id, id FROM rw_order WHERE user_id IN (?, ?)", (1, 3)) == \
+            server_ids["ds_1_replica_0"]
+        assert server("SELECT @@server_id, ? FROM rw_order WHERE user_id = ?", ("x", 1)) == \
+            server_ids["ds_1_replica_0"]
+        assert server("SELECT @@server_id FROM rw_order WHERE user_id = ? FOR UPDATE", (1,)) == server_ids["ds_1"]
+        assert server("SELECT /* dbmesh:primary */ @@server_id FROM rw_order WHERE user_id = ?", (1,)) == \
+            server_ids["ds_1"]
+        conn.start_transaction()
+        assert server(point, (1,)) == server_ids["ds_1"]
+        conn.commit()
+        cur.execute("UPDATE rw_order SET id = id WHERE user_id = ?", (1,))
+        assert server(point, (1,)) == server_ids["ds_1"], "read-your-writes on the shard just written"
+        assert server(point, (0,)) == server_ids[REPLICA], "the other shard was not written"
+    finally:
+        cur.close()
+        conn.close()
+    with rw_proxy.connect(database="shop_rw") as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE rw_order")

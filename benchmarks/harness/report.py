@@ -37,6 +37,7 @@ class Run:
     requested_s: int = 0  # --time given to sysbench
     status: str = "ok"  # ok | unsupported | error
     proxy_cpu_s: float | None = None  # CPU the proxy process used during the run
+    servers_cpu_s: float | None = None  # CPU the sandbox's MariaDB servers used during the run
     proxy_trouble: list[str] = field(default_factory=list)  # warnings/errors it logged meanwhile
 
     @property
@@ -49,6 +50,14 @@ class Run:
         if self.proxy_cpu_s is None or not self.result.ok or not self.result.queries:
             return None
         return self.proxy_cpu_s / self.result.queries * 1e6
+
+    @property
+    def servers_cpu_us_per_statement(self) -> float | None:
+        """What the MariaDB servers spent per statement, all of them together: where a
+        configuration's QPS goes when the proxy's own CPU does not explain it."""
+        if self.servers_cpu_s is None or not self.result.ok or not self.result.queries:
+            return None
+        return self.servers_cpu_s / self.result.queries * 1e6
 
 
 @dataclass
@@ -209,7 +218,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 _HEADER = (f"{'workload':<18} {'ps':<4} {'thr':>3} {'config':<11} {'QPS':>9} {'p95 ms':>7} {'p99 ms':>7} "
-           f"{'QPS/dir':>7} {'p95/dir':>7} {'p99/dir':>7} {'cpu µs/st':>9}  note")
+           f"{'QPS/dir':>7} {'p95/dir':>7} {'p99/dir':>7} {'cpu µs/st':>9} {'srv µs/st':>9}  note")
 
 
 def _note(run: Run, ratio: dict[str, float | None]) -> str:
@@ -236,7 +245,8 @@ def run_row(run: Run, runs: list[Run]) -> str:
     return (f"{w.script:<18} {w.ps_label:<4} {w.threads:>3} {run.config:<11} "
             f"{_num(r.qps if ok else None, '9.0f'):>9} {_num(r.p95_ms, '7.2f'):>7} {_num(r.p99_ms, '7.2f'):>7} "
             f"{_num(ratio['qps_vs_direct'], '.2f'):>7} {_num(ratio['p95_vs_direct'], '.2f'):>7} "
-            f"{_num(ratio['p99_vs_direct'], '.2f'):>7} {_num(run.cpu_us_per_statement, '.1f'):>9}  "
+            f"{_num(ratio['p99_vs_direct'], '.2f'):>7} {_num(run.cpu_us_per_statement, '.1f'):>9} "
+            f"{_num(run.servers_cpu_us_per_statement, '.1f'):>9}  "
             f"{_note(run, ratio)}")
 
 
@@ -287,6 +297,8 @@ def run_json(run: Run, runs: list[Run]) -> dict[str, Any]:
         **asdict(run.result),
         "proxy_cpu_s": run.proxy_cpu_s,
         "proxy_cpu_us_per_statement": run.cpu_us_per_statement,
+        "servers_cpu_s": run.servers_cpu_s,
+        "servers_cpu_us_per_statement": run.servers_cpu_us_per_statement,
         **ratios(run, runs),
         "proxy_log_trouble": run.proxy_trouble,
     }

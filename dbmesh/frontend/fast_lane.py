@@ -271,6 +271,8 @@ class FastLane:
             return None
         target = self._target(database, node.data_source)
         pool = target.pool
+        if target.replicated and info.replica_may_serve:
+            pool = executor._replica_pool(node.data_source) or pool
         conn = self._idle_connection(pool, target.database)
         if conn is None:
             return None

@@ -67,7 +67,7 @@ async def run(session: Session, stmt: ClientStatement, payload: bytes, plan: pla
     if None in sqls:
         return False
     if len(units) == 1:
-        await _relay_one(session, stmt, payload, units[0].data_source, sqls[0], plan.write)
+        await _relay_one(session, stmt, payload, units[0].data_source, sqls[0], plan)
         return True
     if plan.write or plan.merge is None:
         return False
@@ -76,9 +76,9 @@ async def run(session: Session, stmt: ClientStatement, payload: bytes, plan: pla
 
 
 async def _relay_one(session: Session, stmt: ClientStatement, payload: bytes, data_source: str, sql: bytes,
-                     write: bool) -> None:
+                     plan: planner.Plan) -> None:
     executor = session.sharded
-    conn = await executor.connection(data_source)
+    conn = await executor.connection(data_source, executor.replica_may_serve(plan))
     try:
         backend = await backend_statement(session, conn, sql)
         if backend is None:
@@ -86,7 +86,7 @@ async def _relay_one(session: Session, stmt: ClientStatement, payload: bytes, da
         scanner = await conn.relay(execute_packet(session, stmt, payload, backend), ResponseKind.RESULT,
                                    executor.sink(data_source))
         await executor.relayed(conn, scanner)
-        if write:
+        if plan.write:
             session.last_write_at[data_source] = time.monotonic()
     except (ConnectionError, OSError) as exc:
         conn.broken = True
@@ -108,8 +108,7 @@ async def _merge_several(session: Session, stmt: ClientStatement, payload: bytes
             raise BackendError(scanner.error)
         return result_rows(packets, conn.deprecate_eof)
 
-    # As ShardedExecutor.execute: a plain read outside a transaction may go to a replica.
-    executor.reading = not executor.in_transaction and not plan.locking and not plan.force_primary
+    executor.reading = executor.replica_may_serve(plan)
     try:
         results = await executor.collect_all(plan.units, execute_unit)
         executor.send_merged(plan, results, stmt.sharded.binary_result(), binary_rows=True)

@@ -130,14 +130,22 @@ class ShardedExecutor:
     def rules(self) -> ShardingRuleSet:
         return self.session.config.databases[self.session.database].sharding
 
+    def replica_may_serve(self, plan: planner.Plan) -> bool:
+        """A plain read outside a transaction: a healthy replica may serve it, as read/write
+        splitting allows (connection() then borrows from the replica's pool)."""
+        return plan.kind == "select" and not self.in_transaction and not plan.locking and not plan.force_primary
+
     # -- backend connections ------------------------------------------------------------
 
-    async def connection(self, data_source: str) -> BackendConnection:
+    async def connection(self, data_source: str, replica_may_serve: bool = False) -> BackendConnection:
+        """The statement's (or transaction's) connection to ``data_source``; borrowed from a
+        replica's pool for a read that ``replica_may_serve`` (or self.reading) allows."""
         held = self.conns.get(data_source)
         if held is not None:
             return held[0]
         session = self.session
-        pool = (self._replica_pool(data_source) if self.reading else None) or session.server.pools[data_source]
+        pool = ((self._replica_pool(data_source) if self.reading or replica_may_serve else None)
+                or session.server.pools[data_source])
         conn = pool.acquire_idle(session.caps_key) or await pool.acquire(session.caps_key)
         self.conns[data_source] = (conn, pool)
         try:
@@ -264,8 +272,7 @@ class ShardedExecutor:
 
     async def execute(self, plan: planner.Plan, binary: BinaryResult | None = None) -> None:
         """Run a plan; ``binary`` answers a prepared statement's execute in the binary protocol."""
-        self.reading = (plan.kind == "select" and not self.in_transaction and not plan.locking
-                        and not plan.force_primary)
+        self.reading = self.replica_may_serve(plan)
         try:
             if plan.locking and self.in_transaction and self.txn.base is not None:
                 await self.txn.base_lock_rows([(u.data_source, u.sql) for u in plan.units])

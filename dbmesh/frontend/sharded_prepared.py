@@ -50,7 +50,8 @@ class ShardedStatementInfo:
     for a point shape its routing and the actual SQL per node, and whether the statement
     is planned with its parameters as values."""
 
-    __slots__ = ("tree", "field_packets", "point", "actual_sql", "control", "by_values", "_binary")
+    __slots__ = ("tree", "field_packets", "point", "actual_sql", "control", "by_values", "replica_may_serve",
+                 "_binary")
 
     def __init__(self, tree: exp.Expression | None, field_packets: list[bytes], point: PointShape | None = None,
                  control: str | None = None):
@@ -60,6 +61,9 @@ class ShardedStatementInfo:
         self.actual_sql: dict[tuple[str, str], bytes | None] = {}  # node -> SQL with ?, None: not relayable
         self.control = control  # the text of a BEGIN / COMMIT / ROLLBACK
         self.by_values = tree is not None and routes_by_values(tree)
+        # A point read that a replica may serve outside a transaction (not locking, no
+        # /* dbmesh:primary */ hint), as ShardedExecutor.replica_may_serve says of a plan.
+        self.replica_may_serve = point is not None and point.kind == "select" and not any(planner.flags(point.tree))
         self._binary: BinaryResult | None = None
 
     def binary_result(self) -> BinaryResult:
@@ -168,13 +172,14 @@ async def _run(session: Session, stmt: ClientStatement, plan: planner.Plan) -> N
     if plan.write or len(plan.units) > 1:
         await executor.execute(plan, stmt.sharded.binary_result())
         return
-    await _execute_on_backend(session, plan.units[0])
+    await _execute_on_backend(session, plan)
 
 
-async def _execute_on_backend(session: Session, unit: planner.RouteUnit) -> None:
-    """Prepare the routed SQL on its backend, execute it, relay the binary result raw."""
+async def _execute_on_backend(session: Session, plan: planner.Plan) -> None:
+    """Prepare the one unit's SQL on its backend, execute it, relay the binary result raw."""
     executor = session.sharded
-    conn = await executor.connection(unit.data_source)
+    unit = plan.units[0]
+    conn = await executor.connection(unit.data_source, executor.replica_may_serve(plan))
     try:
         payloads, scanner = await conn.collect(bytes((Command.STMT_PREPARE,))
                                                + unit.sql.encode("utf-8", "surrogateescape"),
@@ -209,7 +214,7 @@ async def _execute_point(session: Session, stmt: ClientStatement, payload: bytes
     if sql is None:
         return False
     executor = session.sharded
-    conn = await executor.connection(node.data_source)
+    conn = await executor.connection(node.data_source, info.replica_may_serve and not executor.in_transaction)
     try:
         backend = await prepared_units.backend_statement(session, conn, sql)
         if backend is None:
