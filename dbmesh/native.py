@@ -120,10 +120,12 @@ def status() -> str:
 
 
 def _compiled_files() -> list[Path]:
+    """The build's outputs: the group library and a module's extension beside each source it
+    shadows, also of a module no longer in MODULES (Python would import the extension)."""
     files = list((ROOT / "dbmesh").glob("_native__mypyc.*.so"))
-    for module in MODULES:
-        path = source_path(module)
-        files += path.parent.glob(path.stem + ".*.so")
+    for package in {m.split(".")[0] for m in MODULES}:
+        files += [path for path in (ROOT / package).rglob("*.so")
+                  if path.with_name(path.name.split(".")[0] + ".py").exists()]
     return files
 
 

@@ -92,3 +92,14 @@ def test_status_names_the_sources_when_nothing_is_built(built_copy):
                             text=True, env=environment(built_copy), check=True)
     assert status.stdout.strip() == ("hot-path modules run as Python sources "
                                      "(build them: python -m dbmesh native build)")
+
+
+def test_clean_also_removes_the_build_of_a_module_no_longer_compiled(built_copy):
+    """Python imports an extension before the source beside it: a module dropped from
+    MODULES must not go on running its old build."""
+    leftover = built_copy / "sharding" / "merge.cpython-311-x86_64-linux-gnu.so"
+    shutil.copy(next((built_copy / "sharding").glob("plan_cache.*.so")), leftover)
+    run = subprocess.run([sys.executable, "-m", "dbmesh", "native", "clean"], cwd=built_copy,
+                         env=environment(built_copy), check=True)
+    assert run.returncode == 0
+    assert not leftover.exists()
