@@ -11,7 +11,7 @@ import mysql.connector
 import pymysql
 import pytest
 
-from conftest import sandbox_proxy_config, start_proxy, stop_proxy
+from conftest import fast_lane_counts, free_port, sandbox_proxy_config, start_proxy, stop_proxy
 from dbmesh.frontend import deadlocks
 from test_transactions import ACCOUNTS, INITIAL, RULES, balances
 
@@ -22,10 +22,13 @@ LOCK_WAIT_S = 40
 def _deadlock_proxy(sandbox, workdir, pool_size: int | None = None):
     config = sandbox_proxy_config(sandbox, workdir, {"bank": {"sharding": RULES}})
     config["transaction"] = {"deadlock_check_interval_s": 0.2}
+    config["metrics"] = {"host": "127.0.0.1", "port": free_port()}
     if pool_size is not None:
         for ds in config["data_sources"].values():
             ds["pool"] = {"max_size": pool_size}
-    return start_proxy(config, workdir)
+    proxy = start_proxy(config, workdir)
+    proxy.metrics_port = config["metrics"]["port"]
+    return proxy
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +235,80 @@ def _ignore_errors(call, *args):
         call(*args)
     except pymysql.err.MySQLError:
         pass
+
+
+
+def test_reads_in_a_transaction_take_the_fast_lane_on_its_own_connections(proxy, sandbox):
+    """Once a transaction is on a data source, its point reads there are served by the lane,
+    on the transaction's connection: they see its own uncommitted writes, others do not."""
+    _create_accounts(proxy)
+    conn, other = _pymysql(proxy, "LOCAL"), _pymysql(proxy, "LOCAL")
+    read = "SELECT balance FROM account WHERE id = %s"
+    try:
+        with conn.cursor() as cur, other.cursor() as cur2:
+            cur.execute(read, (1,))  # the shape's first sight: planned by the command loop
+            conn.begin()
+            cur.execute("UPDATE account SET balance = 7 WHERE id = 1")  # ds_1, enlisted
+            before = fast_lane_counts(proxy.metrics_port)
+            for _ in range(5):
+                cur.execute(read, (1,))
+                assert cur.fetchall() == ((7,),)
+            after = fast_lane_counts(proxy.metrics_port)
+            assert after["served"] - before.get("served", 0) == 5
+            cur2.execute(read, (1,))
+            assert cur2.fetchall() == ((INITIAL,),)
+            conn.rollback()
+            cur.execute(read, (1,))
+            assert cur.fetchall() == ((INITIAL,),)
+    finally:
+        conn.close()
+        other.close()
+    assert balances(sandbox) == (INITIAL, INITIAL)
+
+
+def test_a_read_in_the_fast_lane_can_be_the_deadlocks_victim(proxy, sandbox):
+    """Under SERIALIZABLE a plain read waits for row locks, so the youngest transaction's
+    waiting statement may be one the lane serves: it gets 1213, and its transaction is rolled
+    back whole before its next command."""
+    _create_accounts(proxy)
+    older, younger = _pymysql(proxy, "LOCAL"), _pymysql(proxy, "LOCAL")
+    outcome: dict[str, object] = {}
+    try:
+        with younger.cursor() as cur:
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            cur.execute("SELECT balance FROM account WHERE id = 3")  # the shape's first sight
+        older.begin()
+        with older.cursor() as cur:
+            cur.execute("UPDATE account SET balance = balance - 5 WHERE id = 1")  # ds_1
+        younger.begin()
+        with younger.cursor() as cur:
+            cur.execute("UPDATE account SET balance = balance - 100 WHERE id = 0")  # ds_0
+            cur.execute("SELECT balance FROM account WHERE id = 3")  # on ds_1 now too
+
+        def older_waits() -> None:
+            try:
+                with older.cursor() as cur:
+                    cur.execute("UPDATE account SET balance = balance + 5 WHERE id = 0")  # waits on ds_0
+                older.commit()
+                outcome["older"] = "committed"
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                outcome["older"] = exc
+
+        waiter = threading.Thread(target=older_waits)
+        waiter.start()
+        before = fast_lane_counts(proxy.metrics_port)
+        with pytest.raises(pymysql.err.OperationalError) as ended, younger.cursor() as cur:
+            cur.execute("SELECT balance FROM account WHERE id = 1")  # waits for older on ds_1: the cycle
+        after = fast_lane_counts(proxy.metrics_port)
+        assert ended.value.args[0] == 1213, ended.value
+        assert after["served"] > before.get("served", 0)  # the waiting read was the lane's
+        waiter.join(LOCK_WAIT_S + 10)
+        assert outcome["older"] == "committed"
+        with younger.cursor() as cur:  # the next command: the transaction is gone
+            cur.execute("SELECT @@in_transaction")
+            cur.execute("SHOW WARNINGS")
+    finally:
+        older.close()
+        younger.close()
+    # The younger's debit of account 0 was rolled back; the older's transfer committed.
+    assert balances(sandbox) == (INITIAL + 5, INITIAL - 5)

@@ -391,9 +391,9 @@ def test_point_reads_answer_whatever_their_string_literals_hold(pair, charset, n
 
 
 def test_sharded_point_reads_take_the_fast_lane(pair):
-    """Outside a transaction a known point shape, as text or prepared, is served from the
-    event loop's callbacks (dbmesh_fast_lane_commands_total); inside one the command loop
-    serves it. The answers are the same either way."""
+    """A known point shape, as text or prepared, is served from the event loop's callbacks
+    (dbmesh_fast_lane_commands_total), in a transaction too once the transaction is on the
+    data source (the command loop enlists it). The answers are the same either way."""
     _, sharded, proxy = pair
     rows = [(user, item) for item, user, *_ in ITEMS[:40]]
     conn = sharded()
@@ -423,8 +423,9 @@ def test_sharded_point_reads_take_the_fast_lane(pair):
     finally:
         conn.close()
     assert during["served"] - before.get("served", 0) == 2 * len(rows)
-    assert after["served"] == during["served"]
-    assert after["declined"] - during.get("declined", 0) >= 2 * len(rows)
+    # In the transaction, the first read on each of the two data sources enlists it (the
+    # command loop's), and one on a connection the statement is not prepared on yet.
+    assert after["served"] - during["served"] >= 2 * len(rows) - 4
     assert inside == outside and sum(1 for found in outside if found) == len(outside)
 
 

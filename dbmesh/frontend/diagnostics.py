@@ -83,16 +83,18 @@ class Diagnostics:
         self._keep([(level.decode() if level else "", int(code or 0), message.decode("utf-8", "replace")
                      if message else "") for level, code, message in result.rows])
 
-    def read_later(self, conn: BackendConnection, pool: Pool) -> None:
+    def read_later(self, conn: BackendConnection, pool: Pool | None) -> None:
         """read() for the fast lane, which cannot wait: a task reads and gives the connection
-        back to ``pool``; the session's next statement waits for it (settle)."""
+        back to ``pool`` (None: a transaction's, kept); the session's next statement waits
+        for it (settle)."""
         self.pending = asyncio.ensure_future(self._read_and_release(conn, pool))
 
-    async def _read_and_release(self, conn: BackendConnection, pool: Pool) -> None:
+    async def _read_and_release(self, conn: BackendConnection, pool: Pool | None) -> None:
         try:
             await self.read(conn)
         finally:
-            pool.release(conn)
+            if pool is not None:
+                pool.release(conn)
             self.pending = None
 
     async def settle(self) -> None:

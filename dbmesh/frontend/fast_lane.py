@@ -32,6 +32,7 @@ from ..protocol.coldefs import RenamingSink, logical_sink
 from ..protocol.constants import Command, ServerStatus
 from ..protocol.packets import ConnectionClosed, MalformedPacket, PacketProtocol, TransportSink
 from ..protocol.scanner import ResponseKind, ResponseScanner
+from . import deadlocks
 from .statement import Kind, classify
 
 if TYPE_CHECKING:
@@ -193,13 +194,14 @@ class FastLane:
     # -- sharded databases -------------------------------------------------------------------
 
     def _sharded_read(self, data: bytes) -> _Route | None:
-        """A SELECT the plan cache routes to one data source, outside a transaction."""
+        """A SELECT the plan cache routes to one data source (in a transaction, one the
+        transaction is on already)."""
         session = self.session
         executor = session.sharded
         sql = data[5:]
         database = session.database
         diagnostics = executor.diagnostics
-        if executor.in_transaction or not session.autocommit or session.sharding_hints or sql.find(b"dbmesh:") >= 0 \
+        if not self._sharded_lane_open() or session.sharding_hints or sql.find(b"dbmesh:") >= 0 \
                 or database is None or diagnostics.pending is not None or session.shadow_engaged():
             return None
         try:
@@ -228,17 +230,14 @@ class FastLane:
                 data_source, actual_sql = plan.units[0].data_source, plan.units[0].sql
         except ShardingError:
             return None  # the command loop words the error
-        target = self._target(database, data_source)
-        pool = target.pool
-        if target.replicated:
-            pool = executor._replica_pool(data_source) or pool
-        conn = self._idle_connection(pool, target.database)
-        if conn is None:
+        borrowed = self._sharded_connection(self._target(database, data_source), data_source, True)
+        if borrowed is None:
             return None
+        conn, pool, sink = borrowed
         wire = framed(_COM_QUERY + actual_sql.encode(), 0)  # strict UTF-8 text in, so strict out
         if diagnostics.count:
             diagnostics.clear()  # a new statement
-        return conn, wire, target.sink(), pool, None, None
+        return conn, wire, sink, pool, None, None
 
     def _sharded_point_execute(self, data: bytes, stmt: ClientStatement) -> _Route | None:
         """A prepared point statement whose parameters route it to one node, where it is
@@ -250,9 +249,11 @@ class FastLane:
             return None
         point = info.point
         executor = session.sharded
-        if point is None or info.control is not None or executor.in_transaction or not session.autocommit \
+        if point is None or info.control is not None or not self._sharded_lane_open() \
                 or executor.diagnostics.pending is not None:
             return None
+        if executor.in_transaction and (point.kind != "select" or point.locking):
+            return None  # a write or locking read may wait for locks: the command loop's
         if session.shadow_engaged():
             return None
         payload = data[4:]
@@ -270,28 +271,61 @@ class FastLane:
         if sql is None:
             return None
         target = self._target(database, node.data_source)
-        pool = target.pool
-        if target.replicated and info.replica_may_serve:
-            pool = executor._replica_pool(node.data_source) or pool
-        conn = self._idle_connection(pool, target.database)
-        if conn is None:
+        borrowed = self._sharded_connection(target, node.data_source, info.replica_may_serve)
+        if borrowed is None:
             return None
+        conn, pool, sink = borrowed
         backend = conn.prepared.get((conn.database, sql))
         if backend is None or backend.num_params != stmt.num_params:
-            pool.release(conn)
+            self._give_back(conn, pool)
             return None
         try:
             # No cursor: COM_STMT_FETCH is not routed on a sharded database.
             packet = session._execute_packet(payload, stmt, backend.stmt_id, cursor=False)
         except ProxyError:
-            pool.release(conn)
+            self._give_back(conn, pool)
             return None
         conn.prepared.move_to_end((conn.database, sql))
         stmt.param_types = param_types
         if executor.diagnostics.count:
             executor.diagnostics.clear()  # a new statement
         wrote_to = None if point.kind == "select" else node.data_source
-        return conn, framed(packet, 0), target.sink(), pool, wrote_to, None
+        return conn, framed(packet, 0), sink, pool, wrote_to, None
+
+    def _sharded_lane_open(self) -> bool:
+        """May a sharded statement take the lane as far as the transaction goes: outside one
+        in autocommit, or inside a LOCAL or XA one (BASE images and locks its statements)
+        that no deadlock has chosen as victim."""
+        session = self.session
+        executor = session.sharded
+        if not executor.in_transaction:
+            return session.autocommit  # else the statement begins a transaction
+        return executor.txn.base is None and not executor.deadlock_victim
+
+    def _sharded_connection(self, target: _Target, data_source: str, replica_may_serve: bool
+                            ) -> tuple[BackendConnection, Pool, object] | None:
+        """The connection a sharded read runs on, its pool and where its result goes. Outside a
+        transaction: an idle connection (a replica's, where read/write splitting allows);
+        inside one: the transaction's own on ``data_source`` (None when it has none yet: the
+        command loop enlists it), its result through the deadlock detector's stand-in."""
+        executor = self.session.sharded
+        if executor.in_transaction:
+            held = executor.conns.get(data_source)
+            if held is None:
+                return None
+            return held[0], held[1], deadlocks.VictimAwareSink(target.sink(), executor)
+        pool = target.pool
+        if target.replicated and replica_may_serve:
+            pool = executor._replica_pool(data_source) or pool
+        conn = self._idle_connection(pool, target.database)
+        if conn is None:
+            return None
+        return conn, pool, target.sink()
+
+    def _give_back(self, conn: BackendConnection, pool: Pool) -> None:
+        """A connection _sharded_connection gave: to its pool unless a transaction holds it."""
+        if not self.session.sharded.in_transaction:
+            pool.release(conn)
 
     def _target(self, database: str, data_source: str) -> _Target:
         """``data_source`` of the sharded ``database`` as this session uses it, made once while
@@ -326,7 +360,8 @@ class FastLane:
             if self.replica is not None:
                 retry = self._replica_done(conn, scanner, exc)
             elif self.pool is not None:
-                self._sharded_done(conn, scanner, exc)
+                if self._sharded_done(conn, scanner, exc):
+                    return  # finished by _end_victim
             elif exc is None:
                 session._after_response(conn, scanner)
                 if self.wrote_to is not None and scanner.error is None:
@@ -341,6 +376,10 @@ class FastLane:
                           session.connection_id)
             conn.broken = True
             session.writer.transport.close()
+        self._finish(retry)
+
+    def _finish(self, retry: bool) -> None:
+        """The command is done: on with the client's next one (or the session's end)."""
         if self.closed is None:
             self.protocol.command_done(retry=self.command if retry else None)
         elif not self.closed.done():
@@ -378,25 +417,50 @@ class FastLane:
             pool.release(conn)
         return False
 
-    def _sharded_done(self, conn: BackendConnection, scanner: ResponseScanner, exc: BaseException | None) -> None:
+    def _sharded_done(self, conn: BackendConnection, scanner: ResponseScanner, exc: BaseException | None) -> bool:
+        """True when a task finishes the command (a deadlock victim's rollback)."""
         session = self.session
+        executor = session.sharded
         pool, self.pool = self.pool, None
         assert pool is not None
+        in_transaction = executor.in_transaction
         if exc is None and scanner.warnings:
-            session.sharded.diagnostics.read_later(conn, pool)  # then gives the connection back
-        else:
+            # Then gives the connection back (a transaction's stays with it).
+            executor.diagnostics.read_later(conn, None if in_transaction else pool)
+        elif not in_transaction:
             pool.release(conn)  # a broken one is closed
         if exc is not None:
             self._log_unexpected(exc)
+            if in_transaction:
+                conn.broken = True
+                executor.release(force=True)  # as the command loop does: the transaction is lost
             session.send_error(errors.backend_lost(conn.data_source, conn.address))
-            return
+            return False
         error = scanner.error
         if error is not None:
-            session.sharded.diagnostics.error(error.code, error.message)
-        if scanner.status_seen:
+            if in_transaction and executor.deadlock_victim and error.code == deadlocks.ER_QUERY_INTERRUPTED:
+                # The client got 1213 (VictimAwareSink): end the transaction before its next command.
+                answered = deadlocks.deadlock_error(sorted(executor.conns))
+                executor.diagnostics.error(answered.code, answered.message)
+                asyncio.ensure_future(self._end_victim())
+                return True
+            executor.diagnostics.error(error.code, error.message)
+        executor.deadlock_victim = False
+        if scanner.status_seen and not in_transaction:
             session.autocommit = bool(scanner.status & ServerStatus.AUTOCOMMIT)
         if self.wrote_to is not None:
             session.last_write_at[self.wrote_to] = time.monotonic()
+        return False
+
+    async def _end_victim(self) -> None:
+        """A read in the lane was the deadlock's victim: roll its transaction back, as the
+        command loop does, then go on with the client's next command."""
+        try:
+            await self.session.sharded._end_as_deadlock_victim()
+        except Exception:  # noqa: BLE001 - the branches are closed; the client already has 1213
+            log.exception("session %d: rolling back a deadlock victim's transaction failed",
+                          self.session.connection_id)
+        self._finish(False)
 
     def _client_idled(self) -> None:
         self.idle_timer = None
