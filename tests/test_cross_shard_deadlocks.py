@@ -111,6 +111,22 @@ def test_a_deadlock_is_ended_while_it_holds_every_pooled_connection(full_pools_p
     _deadlock(full_pools_proxy, sandbox, "LOCAL", _pymysql, _text_update)
 
 
+def _commit_in_background(conn, sql: str, outcome: dict[str, object], name: str) -> threading.Thread:
+    """Run ``sql`` then COMMIT on ``conn`` in a thread; ``outcome[name]`` says how it ended."""
+    def run() -> None:
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+            conn.commit()
+            outcome[name] = "committed"
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            outcome[name] = exc
+
+    waiter = threading.Thread(target=run)
+    waiter.start()
+    return waiter
+
+
 def _deadlock(proxy, sandbox, mode, victim_client, waiting_statement):
     first = _pymysql(proxy, mode)
     second = victim_client(proxy, mode)
@@ -124,17 +140,9 @@ def _deadlock(proxy, sandbox, mode, victim_client, waiting_statement):
         cur2.execute("UPDATE account SET balance = balance - 5 WHERE id = 1")  # ds_1, the younger transaction
         cur2.close()
 
-        def first_waits() -> None:
-            try:
-                with first.cursor() as cur:
-                    cur.execute("UPDATE account SET balance = balance + 100 WHERE id = 1")  # waits for second on ds_1
-                first.commit()
-                outcome["first"] = "committed"
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                outcome["first"] = exc
-
-        waiter = threading.Thread(target=first_waits)
-        waiter.start()
+        # waits for second on ds_1
+        waiter = _commit_in_background(first, "UPDATE account SET balance = balance + 100 WHERE id = 1",
+                                       outcome, "first")
         with pytest.raises((pymysql.err.OperationalError, mysql.connector.Error)) as ended:
             waiting_statement(second)  # waits for first on ds_0: the cycle
         code = ended.value.args[0] if isinstance(ended.value, pymysql.err.MySQLError) else ended.value.errno
@@ -285,17 +293,9 @@ def test_a_read_in_the_fast_lane_can_be_the_deadlocks_victim(proxy, sandbox):
             cur.execute("UPDATE account SET balance = balance - 100 WHERE id = 0")  # ds_0
             cur.execute("SELECT balance FROM account WHERE id = 3")  # on ds_1 now too
 
-        def older_waits() -> None:
-            try:
-                with older.cursor() as cur:
-                    cur.execute("UPDATE account SET balance = balance + 5 WHERE id = 0")  # waits on ds_0
-                older.commit()
-                outcome["older"] = "committed"
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                outcome["older"] = exc
-
-        waiter = threading.Thread(target=older_waits)
-        waiter.start()
+        # waits for younger on ds_0
+        waiter = _commit_in_background(older, "UPDATE account SET balance = balance + 5 WHERE id = 0", outcome,
+                                       "older")
         before = fast_lane_counts(proxy.metrics_port)
         with pytest.raises(pymysql.err.OperationalError) as ended, younger.cursor() as cur:
             cur.execute("SELECT balance FROM account WHERE id = 1")  # waits for older on ds_1: the cycle
