@@ -246,11 +246,12 @@ def _ignore_errors(call, *args):
 
 
 
-def test_reads_in_a_transaction_take_the_fast_lane_on_its_own_connections(proxy, sandbox):
+@pytest.mark.parametrize("mode", ["LOCAL", "XA"])
+def test_reads_in_a_transaction_take_the_fast_lane_on_its_own_connections(proxy, sandbox, mode):
     """Once a transaction is on a data source, its point reads there are served by the lane,
     on the transaction's connection: they see its own uncommitted writes, others do not."""
     _create_accounts(proxy)
-    conn, other = _pymysql(proxy, "LOCAL"), _pymysql(proxy, "LOCAL")
+    conn, other = _pymysql(proxy, mode), _pymysql(proxy, mode)
     read = "SELECT balance FROM account WHERE id = %s"
     try:
         with conn.cursor() as cur, other.cursor() as cur2:
